@@ -1,0 +1,8 @@
+"""spark-submit entry point: raw logs -> events. See `python jobs/ingest.py --help`."""
+
+import sys
+
+from mtl.ingest.job import main
+
+if __name__ == "__main__":
+    sys.exit(main())

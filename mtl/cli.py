@@ -1,0 +1,75 @@
+"""What every job's command line shares: --conf, --set, --ds, logging, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+from typing import Callable, Optional
+
+from mtl.config import Config, ConfigError, load_config
+from mtl.errors import JobError
+
+DEFAULT_CONF = "conf/local.yaml"
+
+log = logging.getLogger("mtl")
+
+
+def parse_ds(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
+
+
+def job_parser(prog: str, description: str, ds_required: bool = False) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--conf",
+        default=os.environ.get("MTL_CONF", DEFAULT_CONF),
+        help=f"config file (default: $MTL_CONF or {DEFAULT_CONF})",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override one config value, e.g. --set spark.shuffle_partitions=8 (repeatable)",
+    )
+    parser.add_argument("--ds", type=parse_ds, required=ds_required, help="logical date YYYY-MM-DD")
+    parser.set_defaults(prog_name=prog)
+    return parser
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("MTL_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def run_job(args: argparse.Namespace, body: Callable[[Config], Optional[str]]) -> int:
+    """Load the config and run ``body``; print its summary. Exit code 0 on success, 2 for a
+    config error, 1 for any other failure (with the reason on stderr)."""
+    setup_logging()
+    try:
+        cfg = load_config(args.conf, args.overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summary = body(cfg)
+    except (JobError, ConfigError) as exc:
+        log.error("%s failed: %s", args.prog_name, exc)
+        return 1
+    except Exception:
+        log.exception("%s failed with an unexpected error", args.prog_name)
+        return 1
+    if summary:
+        print(summary)
+    return 0

@@ -1,0 +1,293 @@
+"""Typed configuration loaded from ``conf/*.yaml`` plus ``--set key.path=value`` overrides.
+
+A config file may name a parent with ``extends: <file>`` (relative to its own folder); the
+child is deep-merged over the parent. Every key is checked against the dataclasses below, so a
+misspelt key or a value of the wrong type fails with an error naming the dotted key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+CANONICAL_EVENT_TYPES = ("impression", "view", "click", "fav", "cart", "purchase")
+# Canonical fields a raw format can map its columns onto.
+MAPPABLE_FIELDS = ("user_id", "item_id", "category_id", "event_type", "event_ts", "quantity", "price")
+# Fields every source must have a column for (event_type may instead be a constant).
+REQUIRED_FIELDS = ("user_id", "item_id", "event_type", "event_ts")
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    app_name: str = "mtl-recsys"
+    # None leaves the master to spark-submit; set it only for the embedded (local) default.
+    master: Optional[str] = None
+    shuffle_partitions: int = 200
+    driver_memory: Optional[str] = None
+    # Delta reads its transaction log with this many partitions (its default of 50 is slow locally).
+    delta_snapshot_partitions: Optional[int] = None
+    show_progress: bool = True
+    log_level: str = "WARN"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    # Root of every Delta table: a local folder or an object-store URI (s3a://, abfss://, gs://).
+    warehouse: str = "warehouse"
+
+
+@dataclass(frozen=True)
+class FormatConfig:
+    """How one raw log format maps onto the canonical ``events`` schema."""
+
+    reader: Literal["csv", "json", "parquet"] = "csv"
+    header: bool = False
+    delimiter: str = ","
+    # Column names in file order, for CSV files without a header line.
+    columns: Optional[list[str]] = None
+    # canonical field -> source column name
+    mapping: dict[str, str] = field(default_factory=dict)
+    # raw event type value -> canonical event type; empty means the raw values are canonical
+    event_type_values: dict[str, str] = field(default_factory=dict)
+    # for logs where every row is the same kind of event (e.g. a purchase-only transactions log)
+    constant_event_type: Optional[str] = None
+    # unix_seconds | unix_millis | iso | a Spark datetime pattern such as "M/d/yyyy H:mm"
+    timestamp_format: str = "unix_seconds"
+    # zone of wall-clock timestamps that carry no offset (ignored for unix times)
+    source_time_zone: str = "UTC"
+    # event_date is the calendar date in this zone
+    business_time_zone: str = "UTC"
+    # valid event dates in the business time zone: [valid_from, valid_until)
+    valid_from: Optional[str] = None
+    valid_until: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    format: str = "canonical"
+    # file, folder or glob; "{ds}" is replaced by the job's --ds
+    input: Optional[str] = None
+    # value of events.source; defaults to the format name
+    source: Optional[str] = None
+    # the job fails (and writes nothing to events) above this share of quarantined rows
+    max_quarantine_share: float = 0.01
+    # events stamped later than the run time plus this many hours are out of range
+    max_future_skew_hours: float = 24.0
+
+
+@dataclass(frozen=True)
+class Config:
+    env: str = "local"
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    formats: dict[str, FormatConfig] = field(default_factory=dict)
+
+    def format_config(self, name: Optional[str] = None) -> FormatConfig:
+        name = name or self.ingest.format
+        if name not in self.formats:
+            raise ConfigError(
+                f"ingest.format: unknown format {name!r}; configured formats: {sorted(self.formats)}"
+            )
+        return self.formats[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Short stable hash of the resolved config, recorded with every run."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Load ``path`` (following ``extends``), apply ``key.path=value`` overrides, type-check."""
+    raw: dict[str, Any] = _read_with_parents(Path(path), seen=()) if path else {}
+    for override in overrides or []:
+        _apply_override(raw, override)
+    cfg = _convert(Config, raw, "")
+    _check_semantics(cfg)
+    return cfg
+
+
+def _read_with_parents(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config files extend each other in a cycle: {' -> '.join(map(str, seen + (path,)))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return _deep_merge(_read_with_parents(path.parent / parent, seen + (path,)), data)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} must look like key.path=value")
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    where = path or "<top level>"
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, path)
+    if value is None:
+        raise ConfigError(f"{where}: a value is required (got null)")
+    if dataclasses.is_dataclass(tp):
+        return _convert_dataclass(tp, value, path)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {str(k): _convert(args[1], v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if tp is str:
+        # YAML reads unquoted 2017-11-25 as a date; it is meant as text here.
+        if isinstance(value, (dt.date, dt.datetime)):
+            return value.isoformat()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    raise TypeError(f"unsupported config type {tp!r} at {where}")
+
+
+def _convert_dataclass(cls: Any, value: Any, path: str) -> Any:
+    where = path or "<top level>"
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a section (mapping), got {type(value).__name__} {value!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in value:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{_join(path, key)}'{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = _convert(hints[name], value[name], _join(path, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing config key '{_join(path, name)}'")
+    return cls(**kwargs)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _check_semantics(cfg: Config) -> None:
+    if not 0.0 <= cfg.ingest.max_quarantine_share <= 1.0:
+        raise ConfigError("ingest.max_quarantine_share: must be between 0 and 1")
+    if cfg.spark.shuffle_partitions < 1:
+        raise ConfigError("spark.shuffle_partitions: must be at least 1")
+    for name, fmt in cfg.formats.items():
+        base = f"formats.{name}"
+        for canonical in fmt.mapping:
+            if canonical not in MAPPABLE_FIELDS:
+                raise ConfigError(f"{base}.mapping.{canonical}: not a canonical field; use one of {list(MAPPABLE_FIELDS)}")
+        for canonical in REQUIRED_FIELDS:
+            if canonical == "event_type" and fmt.constant_event_type:
+                continue
+            if canonical not in fmt.mapping:
+                raise ConfigError(f"{base}.mapping.{canonical}: required (the source column holding {canonical})")
+        for raw_value, canonical in fmt.event_type_values.items():
+            if canonical not in CANONICAL_EVENT_TYPES:
+                raise ConfigError(
+                    f"{base}.event_type_values.{raw_value}: {canonical!r} is not one of {list(CANONICAL_EVENT_TYPES)}"
+                )
+        if fmt.constant_event_type and fmt.constant_event_type not in CANONICAL_EVENT_TYPES:
+            raise ConfigError(f"{base}.constant_event_type: must be one of {list(CANONICAL_EVENT_TYPES)}")
+        if fmt.reader == "csv" and not fmt.header and not fmt.columns:
+            raise ConfigError(f"{base}.columns: a CSV format without a header line must list its columns")
+        if fmt.columns:
+            missing = sorted(set(fmt.mapping.values()) - set(fmt.columns))
+            if missing:
+                raise ConfigError(f"{base}.mapping: source columns {missing} are not in {base}.columns")
+        for key in ("valid_from", "valid_until"):
+            text = getattr(fmt, key)
+            if text is not None:
+                try:
+                    dt.date.fromisoformat(text)
+                except ValueError:
+                    raise ConfigError(f"{base}.{key}: expected a date YYYY-MM-DD, got {text!r}") from None
+        for key in ("source_time_zone", "business_time_zone"):
+            _check_time_zone(getattr(fmt, key), f"{base}.{key}")
+
+
+def _check_time_zone(name: str, key: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{key}: unknown time zone {name!r} (use an IANA name such as Asia/Shanghai)") from None

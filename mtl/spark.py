@@ -1,0 +1,52 @@
+"""The one Spark session builder every job uses."""
+
+from __future__ import annotations
+
+import os
+
+from pyspark.sql import SparkSession
+
+from mtl.config import SparkConfig
+
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def under_spark_submit() -> bool:
+    """True when spark-submit launched this Python process (it hands over its JVM gateway)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def build_spark(cfg: SparkConfig) -> SparkSession:
+    """Session with Delta configured and UTC as the session time zone.
+
+    Under spark-submit the master, memory and packages are spark-submit's business; otherwise
+    (a laptop, tests) the local defaults from config apply and Spark fetches the Delta jars from
+    Maven Central on first use (cached under ~/.ivy2.5.2 afterwards).
+    """
+    builder = SparkSession.builder.appName(cfg.app_name)
+    settings = dict(DELTA_CONF)
+    settings["spark.sql.session.timeZone"] = "UTC"
+    settings["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions)
+    settings["spark.ui.showConsoleProgress"] = str(cfg.show_progress).lower()
+    if cfg.delta_snapshot_partitions:
+        settings["spark.databricks.delta.snapshotPartitions"] = str(cfg.delta_snapshot_partitions)
+    settings.update(cfg.extra)
+
+    if not under_spark_submit():
+        if cfg.master:
+            builder = builder.master(cfg.master)
+        if cfg.driver_memory:
+            settings["spark.driver.memory"] = cfg.driver_memory
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    if not under_spark_submit():
+        from delta import configure_spark_with_delta_pip
+
+        builder = configure_spark_with_delta_pip(builder)
+
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(cfg.log_level)
+    return spark

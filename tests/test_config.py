@@ -1,0 +1,95 @@
+from pathlib import Path
+
+import pytest
+
+from mtl.config import Config, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["base.yaml", "local.yaml", "cluster.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(ROOT / "conf" / name)
+    assert isinstance(cfg, Config)
+    assert {"canonical", "taobao_user_behavior", "transactions"} <= set(cfg.formats)
+
+
+def test_local_extends_base_and_sizes_spark_for_two_cores():
+    cfg = load_config(ROOT / "conf" / "local.yaml")
+    assert cfg.env == "local"
+    assert cfg.spark.master == "local[2]"
+    assert cfg.spark.shuffle_partitions == 4
+    # inherited from base.yaml
+    assert cfg.formats["taobao_user_behavior"].event_type_values["buy"] == "purchase"
+    assert cfg.formats["taobao_user_behavior"].valid_from == "2017-11-25"
+
+
+def test_cluster_leaves_master_to_spark_submit():
+    cfg = load_config(ROOT / "conf" / "cluster.yaml")
+    assert cfg.spark.master is None
+    assert cfg.storage.warehouse.startswith("s3a://")
+
+
+def test_overrides_are_typed():
+    cfg = load_config(ROOT / "conf" / "local.yaml", ["spark.shuffle_partitions=8", "ingest.max_quarantine_share=0.05"])
+    assert cfg.spark.shuffle_partitions == 8
+    assert cfg.ingest.max_quarantine_share == 0.05
+
+
+def test_override_can_remap_a_column():
+    cfg = load_config(ROOT / "conf" / "local.yaml", ["formats.transactions.mapping.user_id=CustomerID"])
+    assert cfg.formats["transactions"].mapping["user_id"] == "CustomerID"
+    assert cfg.formats["transactions"].mapping["item_id"] == "product_id"
+
+
+def test_fingerprint_changes_with_config():
+    a = load_config(ROOT / "conf" / "local.yaml")
+    b = load_config(ROOT / "conf" / "local.yaml", ["spark.shuffle_partitions=8"])
+    assert a.fingerprint() == load_config(ROOT / "conf" / "local.yaml").fingerprint()
+    assert a.fingerprint() != b.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("spark.shufle_partitions=4", "unknown config key 'spark.shufle_partitions' (did you mean 'shuffle_partitions'?)"),
+        ("nonsense.key=1", "unknown config key 'nonsense'"),
+        ("spark.shuffle_partitions=many", "spark.shuffle_partitions: expected an integer, got str 'many'"),
+        ("spark.show_progress=maybe", "spark.show_progress: expected true or false"),
+        ("ingest.max_quarantine_share=lots", "ingest.max_quarantine_share: expected a number"),
+        ("ingest.max_quarantine_share=2", "ingest.max_quarantine_share: must be between 0 and 1"),
+        ("formats.transactions.reader=xml", "formats.transactions.reader: must be one of ['csv', 'json', 'parquet']"),
+        ("formats.transactions.mapping.colour=c", "formats.transactions.mapping.colour: not a canonical field"),
+        ("formats.taobao_user_behavior.event_type_values.pv=look", "'look' is not one of"),
+        ("formats.taobao_user_behavior.business_time_zone=Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
+        ("formats.taobao_user_behavior.valid_from=soon", "formats.taobao_user_behavior.valid_from: expected a date"),
+        ("spark=3", "spark: expected a section"),
+        ("no_equals_sign", "must look like key.path=value"),
+    ],
+)
+def test_config_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "conf" / "local.yaml", [override])
+    assert message in str(err.value)
+
+
+def test_missing_required_mapping_is_named(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("formats:\n  mine:\n    reader: csv\n    header: true\n    mapping: {user_id: u, item_id: i, event_type: t}\n")
+    with pytest.raises(ConfigError, match=r"formats.mine.mapping.event_ts: required"):
+        load_config(conf)
+
+
+def test_extends_cycle_and_missing_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_unknown_format_is_named():
+    cfg = load_config(ROOT / "conf" / "local.yaml", ["ingest.format=nope"])
+    with pytest.raises(ConfigError, match="unknown format 'nope'"):
+        cfg.format_config()
