@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from pyspark.sql import types as T
@@ -35,7 +36,15 @@ class TableSpec:
         return [c.name for c in self.columns]
 
     def path(self, storage: StorageConfig) -> str:
-        return f"{storage.warehouse.rstrip('/')}/{self.name}"
+        return f"{warehouse_root(storage)}/{self.name}"
+
+
+def warehouse_root(storage: StorageConfig) -> str:
+    """The warehouse URI; a relative local folder is taken from the working directory."""
+    root = storage.warehouse.rstrip("/")
+    if "://" in root or root.startswith("file:"):
+        return root
+    return os.path.abspath(root)
 
 
 EVENTS = TableSpec(

@@ -89,7 +89,7 @@ def normalize(raw: DataFrame, fmt: FormatConfig, source: str, max_future_skew_ho
         detail = detail.when(condition, offending.cast("string"))
 
     source_columns = [c for c in raw.columns if c not in (CORRUPT_COLUMN, INPUT_FILE_COLUMN)]
-    raw_record = F.coalesce(F.col(CORRUPT_COLUMN), F.to_json(F.struct(*[F.col(f"`{c}`") for c in source_columns])))
+    raw_record = F.coalesce(F.col(CORRUPT_COLUMN), F.to_json(F.struct(*[F.col(f"`{c}`") for c in source_columns]), {"ignoreNullFields": "false"}))
 
     canonical = raw.select(
         user_id.alias("user_id"),
