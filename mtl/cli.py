@@ -50,6 +50,7 @@ def setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
+        force=True,  # spark-submit's Python runner may have configured the root logger already
     )
 
 

@@ -161,7 +161,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {override!r} must look like key.path=value")
-    parts = key.strip().split(".")
+    parts = _split_key(key.strip())
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
@@ -169,6 +169,28 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
             raise ConfigError(f"override {key}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
         node = child
     node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def _split_key(key: str) -> list[str]:
+    """Split a dotted key by the config's structure: below a string-to-scalar mapping (such as
+    spark.extra) the rest of the key is one mapping key, dots and all."""
+    parts = key.split(".")
+    tp: Any = Config
+    for i, part in enumerate(parts):
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            if part not in hints:
+                return parts  # unknown key: reported with its full path when converting
+            tp = hints[part]
+            continue
+        if typing.get_origin(tp) is dict:
+            value_type = typing.get_args(tp)[1]
+            if not dataclasses.is_dataclass(value_type):
+                return parts[:i] + [".".join(parts[i:])]
+            tp = value_type
+            continue
+        return parts
+    return parts
 
 
 def _convert(tp: Any, value: Any, path: str) -> Any:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
 import os
 
 from pyspark.sql import SparkSession
 
 from mtl.config import SparkConfig
 
+log = logging.getLogger(__name__)
+
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
+
+
+def delta_package() -> str:
+    """Maven coordinate of the Delta jar matching the installed delta-spark (for --packages)."""
+    return f"io.delta:delta-spark_2.13:{importlib.metadata.version('delta_spark')}"
 
 
 def under_spark_submit() -> bool:
@@ -49,4 +58,8 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
 
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
+    log.info(
+        "Spark %s, master %s%s", spark.version, spark.sparkContext.master,
+        " (from spark-submit)" if under_spark_submit() else "",
+    )
     return spark

@@ -107,3 +107,22 @@ PIPELINE_RUNS = TableSpec(
 )
 
 ALL_TABLES = (EVENTS, EVENTS_QUARANTINE, PIPELINE_RUNS)
+
+
+def markdown_docs() -> str:
+    """Analyst-facing description of every table, generated from the specs above."""
+    out = ["# Tables", "", "Generated from `mtl/tables.py` by `python -m mtl.tables`; do not edit by hand.", ""]
+    for spec in ALL_TABLES:
+        partitioning = ", ".join(spec.partition_by) or "none"
+        out += [f"## `{spec.name}`", "", spec.comment, "", f"Partitioned by: {partitioning}.", ""]
+        out += ["| column | type | nullable | meaning |", "|---|---|---|---|"]
+        out += [
+            f"| `{c.name}` | {c.dtype.simpleString()} | {'yes' if c.nullable else 'no'} | {c.comment} |"
+            for c in spec.columns
+        ]
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(markdown_docs(), end="")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates the project's virtual environment (.venv) with the pinned stack from setup.cfg.
-# Horovod is built once from its PyPI source (C++17, Gloo; NCCL too with MTL_HOROVOD_GPU=1 on
-# a CUDA machine) and its wheel cached under ~/.cache/mtl-recsys, keyed by the versions it was
+# Horovod is built once from its PyPI source by scripts/build_horovod.sh (C++17, Gloo; NCCL too
+# with MTL_HOROVOD_GPU=1 on a CUDA machine) and its wheel cached under ~/.cache/mtl-recsys, keyed by the versions it was
 # built against. Safe to run again: it does nothing when the environment is up to date.
 set -euo pipefail
 
@@ -10,8 +10,8 @@ VENV=${MTL_VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3.11}
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/mtl-recsys
 HOROVOD_GPU=${MTL_HOROVOD_GPU:-0}
-# Bump when the way Horovod is patched or built changes, so cached wheels are rebuilt.
-HOROVOD_RECIPE=1
+# Bump when scripts/build_horovod.sh changes how Horovod is built, so cached wheels are rebuilt.
+HOROVOD_RECIPE=2
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }
@@ -23,7 +23,7 @@ java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head
 [ "${java_major:-0}" -ge 17 ] || die "Java 17 or newer is required, found ${java_major:-unknown}"
 command -v cmake >/dev/null && command -v g++ >/dev/null || die "cmake and g++ are needed to build Horovod (apt-get install cmake g++)"
 
-stamp_key=$(cat "$ROOT/setup.cfg" "$ROOT/scripts/bootstrap.sh" | sha256sum | cut -c1-16)-gpu$HOROVOD_GPU
+stamp_key=$(cat "$ROOT/setup.cfg" "$ROOT"/scripts/*.sh | sha256sum | cut -c1-16)-gpu$HOROVOD_GPU
 stamp="$VENV/.bootstrap-stamp"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_key" ]; then
   say "environment $VENV is up to date"
@@ -54,21 +54,7 @@ horovod_pin=$(pins '^(?!horovod\b)' | sed 's/.*==//')
 wheel_dir="$CACHE/wheels/horovod-${horovod_pin}_torch-${torch_version}_cp311_gpu${HOROVOD_GPU}_r${HOROVOD_RECIPE}"
 if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
   say "building Horovod $horovod_pin against torch $torch_version (a few minutes; cached in $wheel_dir)"
-  build=$(mktemp -d)
-  trap 'rm -rf "$build"' EXIT
-  "${PIP[@]}" download -q --no-deps --no-binary :all: "horovod==$horovod_pin" -d "$build"
-  tar -xzf "$build"/horovod-*.tar.gz -C "$build"
-  src=$(echo "$build"/horovod-"$horovod_pin")
-  # PyTorch >= 2.1 headers need C++17; Horovod's CMake files ask for C++14.
-  sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
-  gpu_env=()
-  [ "$HOROVOD_GPU" = 1 ] && gpu_env=(HOROVOD_GPU_OPERATIONS=NCCL)
-  env HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
-      HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=GLOO \
-      CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS="-j$(nproc)" "${gpu_env[@]}" \
-      "${PIP[@]}" wheel -q --no-build-isolation --no-deps -w "$build/dist" "$src"
-  mkdir -p "$wheel_dir"
-  cp "$build"/dist/horovod-*.whl "$wheel_dir/"
+  HOROVOD_VERSION=$horovod_pin bash "$ROOT/scripts/build_horovod.sh" "$VENV/bin/python" "$wheel_dir"
 else
   say "using cached Horovod wheel from $wheel_dir"
 fi
@@ -79,5 +65,8 @@ say "installing Horovod and this project (editable)"
 check=$("$VENV/bin/horovodrun" --check-build)
 echo "$check" | grep -q '\[X\] PyTorch' || die "Horovod was built without PyTorch support:"$'\n'"$check"
 echo "$check" | grep -q '\[X\] Gloo' || die "Horovod was built without Gloo:"$'\n'"$check"
+if [ "$HOROVOD_GPU" = 1 ]; then
+  echo "$check" | grep -q '\[X\] NCCL' || die "Horovod was built without NCCL:"$'\n'"$check"
+fi
 echo "$stamp_key" > "$stamp"
 say "ready: $VENV (Horovod with PyTorch and Gloo)"

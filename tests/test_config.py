@@ -93,3 +93,15 @@ def test_unknown_format_is_named():
     cfg = load_config(ROOT / "conf" / "local.yaml", ["ingest.format=nope"])
     with pytest.raises(ConfigError, match="unknown format 'nope'"):
         cfg.format_config()
+
+
+def test_table_docs_are_up_to_date():
+    from mtl.tables import markdown_docs
+
+    assert (ROOT / "docs" / "tables.md").read_text() == markdown_docs(), "run: python -m mtl.tables > docs/tables.md"
+
+
+def test_override_of_a_dotted_spark_setting():
+    cfg = load_config(ROOT / "conf" / "local.yaml", ["spark.extra.spark.sql.files.maxPartitionBytes=64m"])
+    assert cfg.spark.extra["spark.sql.files.maxPartitionBytes"] == "64m"
+    assert cfg.spark.extra["spark.ui.enabled"] == "false"  # the file's other entries stay

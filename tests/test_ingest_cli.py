@@ -1,6 +1,8 @@
 """The ingest job as a user runs it: the spark-submit entry point in a fresh process."""
 
+import os
 import subprocess
+from pathlib import Path
 import sys
 
 from tests.conftest import LOCAL_CONF, ROOT, TEST_OVERRIDES
@@ -56,3 +58,27 @@ def test_end_to_end_run_and_missing_input(tmp_path):
     assert missing.returncode == 1
     assert f"input not found: {tmp_path / 'nowhere.csv'}" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_under_spark_submit_the_master_comes_from_spark_submit(tmp_path):
+    """The cluster path: spark-submit decides master and packages; the job still sets up Delta."""
+    raw = tmp_path / "raw.csv"
+    raw.write_text("1,100,10,pv,1511600000\n")
+    spark_submit = ROOT / ".venv" / "bin" / "spark-submit"
+    if not spark_submit.exists():
+        spark_submit = Path(sys.executable).parent / "spark-submit"
+    from mtl.spark import delta_package
+
+    cmd = [
+        str(spark_submit), "--master", "local[1]",
+        "--packages", delta_package(),
+        str(JOB), "--conf", str(LOCAL_CONF), "--input", str(raw),
+        "--set", f"storage.warehouse={tmp_path / 'wh'}", "--set", "spark.master=local[2]",
+    ]
+    # spark-submit runs the job with this interpreter (the project's environment).
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # spark-submit merges the Python driver's stderr into its own stdout
+    assert "master local[1] (from spark-submit)" in out.stdout
+    assert "accepted                1" in out.stdout
