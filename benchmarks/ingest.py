@@ -10,12 +10,7 @@ Each size is ingested into an empty warehouse several times; the median is repor
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 from mtl.config import load_config  # noqa: E402
 from mtl.ingest.job import run_ingest  # noqa: E402
 from mtl.spark import build_spark  # noqa: E402
+from report import print_summary, size_result  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "taobao_user_behavior_sample.csv"
 USER_ID_STRIDE = 10_000_000
@@ -83,20 +79,9 @@ def main() -> int:
             print(f"rows={rows:,} attempt={attempt + 1}: {seconds[-1]:.1f}s "
                   f"({rows / seconds[-1]:,.0f} rows/s; accepted {result.accepted:,}, "
                   f"quarantined {result.quarantined:,})", flush=True)
-        median = statistics.median(seconds)
-        results.append({"rows": rows, "seconds": seconds, "median_s": median, "rows_per_s": rows / median})
+        results.append(size_result(rows, seconds))
 
-    summary = {
-        "date": dt.date.today().isoformat(),
-        "machine": f"{platform.node()} {os.cpu_count()} cores, {platform.machine()}",
-        "spark_master": cfg.spark.master,
-        "shuffle_partitions": cfg.spark.shuffle_partitions,
-        "results": results,
-    }
-    if len(results) >= 2:
-        summary["time_ratio_largest_to_smallest"] = results[-1]["median_s"] / results[0]["median_s"]
-        summary["size_ratio"] = results[-1]["rows"] / results[0]["rows"]
-    print(json.dumps(summary, indent=2))
+    print_summary(results, spark_master=cfg.spark.master, shuffle_partitions=cfg.spark.shuffle_partitions)
     spark.stop()
     return 0
 

@@ -91,12 +91,47 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class GeneratorConfig:
+    """Knobs of the synthetic behaviour log (see docs/generator.md for what each one does)."""
+
+    seed: int = 7
+    users: int = 2000
+    items: int = 3000
+    categories: int = 40
+    days: int = 21
+    start_date: str = "2024-03-01"
+    # mean sessions per user and day; per-user activity is lognormal (many light, few heavy users)
+    sessions_per_user_day: float = 0.6
+    activity_sigma: float = 1.0
+    impressions_per_session: int = 8
+    latent_dim: int = 8
+    popularity_exponent: float = 1.0
+    # amplitude (logit) of each item's popularity swing over time, and the share of items
+    # released during the window rather than before it: the drift daily training tracks
+    popularity_drift: float = 0.5
+    new_item_share: float = 0.2
+    consumable_share: float = 0.4
+    cycle_days_min: int = 7
+    cycle_days_max: int = 30
+    repurchase_prob_consumable: float = 0.7
+    repurchase_prob_durable: float = 0.02
+    repurchase_same_item: float = 0.8
+    repurchase_horizon_days: int = 7
+    output_format: Literal["canonical", "taobao_user_behavior"] = "taobao_user_behavior"
+    # where the raw log, side tables and ground truth are written
+    output: str = "raw/synthetic"
+    users_per_block: int = 500
+    partitions: int = 4
+
+
+@dataclass(frozen=True)
 class Config:
     env: str = "local"
     storage: StorageConfig = field(default_factory=StorageConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     formats: dict[str, FormatConfig] = field(default_factory=dict)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 
     def format_config(self, name: Optional[str] = None) -> FormatConfig:
         name = name or self.ingest.format
@@ -272,6 +307,23 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError("ingest.max_quarantine_share: must be between 0 and 1")
     if cfg.spark.shuffle_partitions < 1:
         raise ConfigError("spark.shuffle_partitions: must be at least 1")
+    gen = cfg.generator
+    for key in ("users", "items", "categories", "days", "impressions_per_session", "latent_dim",
+                "users_per_block", "partitions", "cycle_days_min", "repurchase_horizon_days"):
+        if getattr(gen, key) < 1:
+            raise ConfigError(f"generator.{key}: must be at least 1")
+    if gen.cycle_days_max < gen.cycle_days_min:
+        raise ConfigError("generator.cycle_days_max: must not be below generator.cycle_days_min")
+    if gen.categories > gen.items:
+        raise ConfigError("generator.categories: must not exceed generator.items")
+    for key in ("new_item_share", "consumable_share", "repurchase_prob_consumable",
+                "repurchase_prob_durable", "repurchase_same_item"):
+        if not 0.0 <= getattr(gen, key) <= 1.0:
+            raise ConfigError(f"generator.{key}: must be between 0 and 1")
+    try:
+        dt.date.fromisoformat(gen.start_date)
+    except ValueError:
+        raise ConfigError(f"generator.start_date: expected a date YYYY-MM-DD, got {gen.start_date!r}") from None
     for name, fmt in cfg.formats.items():
         base = f"formats.{name}"
         for canonical in fmt.mapping:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -49,6 +50,8 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
             builder = builder.master(cfg.master)
         if cfg.driver_memory:
             settings["spark.driver.memory"] = cfg.driver_memory
+        # Python workers (pandas UDFs) run in this interpreter's environment.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in settings.items():
         builder = builder.config(key, value)
     if not under_spark_submit():

@@ -39,12 +39,16 @@ class TableSpec:
         return f"{warehouse_root(storage)}/{self.name}"
 
 
+def resolve_path(path: str) -> str:
+    """A URI as given; a relative local folder is taken from the working directory."""
+    path = path.rstrip("/")
+    if "://" in path or path.startswith("file:"):
+        return path
+    return os.path.abspath(path)
+
+
 def warehouse_root(storage: StorageConfig) -> str:
-    """The warehouse URI; a relative local folder is taken from the working directory."""
-    root = storage.warehouse.rstrip("/")
-    if "://" in root or root.startswith("file:"):
-        return root
-    return os.path.abspath(root)
+    return resolve_path(storage.warehouse)
 
 
 EVENTS = TableSpec(

@@ -1,0 +1,8 @@
+"""spark-submit entry point: synthetic behaviour log with ground truth. See --help."""
+
+import sys
+
+from mtl.generate.job import main
+
+if __name__ == "__main__":
+    sys.exit(main())
