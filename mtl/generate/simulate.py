@@ -165,13 +165,13 @@ def raw_events(world: World, b: Block) -> pd.DataFrame:
     """The behaviour log: impression, click, fav, cart and purchase events, sorted per user and time.
     Ids are 1-based strings, as in the public logs."""
     clicked, carted, faved, bought = b.clicked, b.carted, b.faved, b.purchased
-    k_end = b.imp_ts - 3 * b.imp_position  # session start
+    session_start = b.imp_ts - 3 * b.imp_position
     parts = [
         (b.imp_user, b.imp_item, b.imp_ts, "impression"),
         (b.imp_user[clicked], b.imp_item[clicked], b.imp_ts[clicked] + 1, "click"),
         (b.imp_user[faved], b.imp_item[faved], b.imp_ts[faved] + 2, "fav"),
-        (b.imp_user[carted], b.imp_item[carted], k_end[carted] + 60 + b.imp_position[carted], "cart"),
-        (b.imp_user[bought], b.imp_item[bought], k_end[bought] + 90 + b.imp_position[bought], "purchase"),
+        (b.imp_user[carted], b.imp_item[carted], session_start[carted] + 60 + b.imp_position[carted], "cart"),
+        (b.imp_user[bought], b.imp_item[bought], session_start[bought] + 90 + b.imp_position[bought], "purchase"),
     ]
     # a replenishment is a visit to the item page and a purchase
     parts.append((b.rep_user, b.rep_item, b.rep_ts, "click"))

@@ -87,7 +87,7 @@ def build_world(g: GeneratorConfig, business_time_zone: str) -> World:
     item_cat = np.concatenate([np.arange(cats), rng.choice(cats, items - cats, p=cat_weight / cat_weight.sum())])
     rng.shuffle(item_cat)
     item_vec = centroids[item_cat] + rng.normal(0.0, 0.6, (items, d))
-    item_vec /= np.sqrt(d) / 1.2
+    item_vec *= 1.2 / np.sqrt(d)  # so that <u, v> has a standard deviation of about 1
     rank = rng.permutation(items) + 1
     item_pop = -g.popularity_exponent * np.log(rank)
     item_pop -= item_pop.mean()

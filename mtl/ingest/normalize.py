@@ -38,29 +38,33 @@ def normalize(raw: DataFrame, fmt: FormatConfig, source: str, max_future_skew_ho
     ``reject_detail``, ``raw_record`` (set on rejected rows only) and ``input_file``."""
     mapping = fmt.mapping
 
-    def source_col(field: str) -> Column | None:
-        return F.col(f"`{mapping[field]}`") if field in mapping else None
+    def source_col(field: str) -> Column:
+        return F.col(f"`{mapping[field]}`")
 
-    user_id = _clean_string(source_col("user_id"))
-    item_id = _clean_string(source_col("item_id"))
-    category_id = _clean_string(source_col("category_id")) if "category_id" in mapping else F.lit(None).cast("string")
+    def text(field: str) -> Column:
+        """Trimmed text of a field's source column; null when blank or when the format lacks it."""
+        return _clean_string(source_col(field)) if field in mapping else F.lit(None).cast("string")
+
+    user_id = text("user_id")
+    item_id = text("item_id")
+    category_id = text("category_id")
 
     if fmt.constant_event_type:
         raw_type = F.lit(fmt.constant_event_type)
     else:
-        raw_type = F.lower(_clean_string(source_col("event_type")))
+        raw_type = F.lower(text("event_type"))
     event_type = _map_event_type(raw_type, fmt.event_type_values)
 
     ts_col = source_col("event_ts")
     ts_dtype = raw.schema[mapping["event_ts"]].dataType
-    raw_ts = ts_col if isinstance(ts_dtype, (T.TimestampType, T.TimestampNTZType)) else _clean_string(ts_col)
+    raw_ts = ts_col if isinstance(ts_dtype, (T.TimestampType, T.TimestampNTZType)) else text("event_ts")
     event_ts = _parse_timestamp(ts_col, ts_dtype, fmt)
     event_date = F.to_date(F.from_utc_timestamp(event_ts, fmt.business_time_zone))
 
-    raw_qty = _clean_string(source_col("quantity")) if "quantity" in mapping else F.lit(None).cast("string")
+    raw_qty = text("quantity")
     qty_double = raw_qty.try_cast("double")
     quantity = F.when(qty_double == F.floor(qty_double), qty_double.try_cast("int"))
-    raw_price = _clean_string(source_col("price")) if "price" in mapping else F.lit(None).cast("string")
+    raw_price = text("price")
     price = raw_price.try_cast("double")
 
     out_of_range = event_ts > F.current_timestamp() + F.expr(f"make_dt_interval(0, 0, 0, {max_future_skew_hours * 3600})")
