@@ -19,8 +19,10 @@ test: setup
 test-all: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+## Benchmarks recorded in BENCHMARKS.md (tens of minutes on 2 cores).
 bench: setup
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/generate.py
 
 clean:
 	rm -rf warehouse spark-warehouse .pytest_cache

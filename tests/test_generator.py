@@ -72,6 +72,19 @@ def test_sizes_side_tables_and_dates(spark, world):
     assert sum(views[: max(1, g.items // 100)]) > 0.1 * sum(views)
 
 
+def test_new_items_appear_only_from_their_release_date(spark, world):
+    cfg, _, out = world
+    items = spark.read.parquet(str(out / "items"))
+    start = F.lit(cfg.generator.start_date).cast("date")
+    assert items.filter(F.col("first_available_date") > start).count() > 0.1 * cfg.generator.items
+    log = spark.read.csv(str(out / "events"), schema="user string, item_id string, category string, behavior string, ts long")
+    dated = log.withColumn("date", F.to_date(F.from_utc_timestamp(F.timestamp_seconds("ts"), "Asia/Shanghai")))
+    early = dated.join(items, "item_id").filter(F.col("date") < F.col("first_available_date"))
+    assert early.count() == 0
+    late_items = dated.join(items.filter(F.col("first_available_date") > start), "item_id")
+    assert late_items.select("item_id").distinct().count() > 0
+
+
 def test_taobao_output_ingests_with_nothing_quarantined(spark, world):
     cfg, result, out = world
     ingested = run_ingest(spark, cfg, str(out / "events"), format_name="taobao_user_behavior")

@@ -64,7 +64,7 @@ class World:
     item_period: np.ndarray  # float [I], days
     item_price: np.ndarray  # float [I]
     item_release: np.ndarray  # int [I], first day the item can be shown
-    cat_items: list[np.ndarray]  # items of each category
+    cat_items: list[np.ndarray]  # items of each category a replenishment may switch to
 
     def popularity(self, day: int, drift: float) -> np.ndarray:
         """Popularity logit of every item on ``day`` (a slow swing per item: the drift)."""
@@ -96,9 +96,14 @@ def build_world(g: GeneratorConfig, business_time_zone: str) -> World:
     item_price = (cat_price[item_cat] * np.exp(rng.normal(0.0, 0.3, items))).round(2)
     is_new = rng.random(items) < g.new_item_share
     item_release = np.where(is_new, rng.integers(1, max(2, g.days), items), 0)
+    # Items a replenishment may switch to: those on sale from day 0 (all, if a category has none).
     order = np.argsort(item_cat, kind="stable")
     bounds = np.searchsorted(item_cat[order], np.arange(cats + 1))
-    cat_items = [order[bounds[c] : bounds[c + 1]] for c in range(cats)]
+    cat_items = []
+    for c in range(cats):
+        members = order[bounds[c] : bounds[c + 1]]
+        initial = members[item_release[members] == 0]
+        cat_items.append(initial if len(initial) else members)
 
     start = dt.datetime.combine(dt.date.fromisoformat(g.start_date), dt.time(), ZoneInfo(business_time_zone))
     return World(
