@@ -145,3 +145,15 @@ def test_a_write_that_fails_half_way_leaves_events_as_they_were(spark, make_conf
     assert event_tuples(spark, cfg) == before
     failed = runs(spark, cfg).filter("status = 'failed'").first()
     assert failed is not None and "no_poison" in failed.error
+
+
+def test_empty_or_missing_input_fails_clearly_and_is_recorded(spark, make_config, write_file, tmp_path):
+    from mtl.errors import InputError
+
+    cfg = make_config()
+    with pytest.raises(InputError, match="has no rows"):
+        run_ingest(spark, cfg, write_file("empty.csv", ""))
+    with pytest.raises(InputError, match=f"input not found: {tmp_path}/nope.csv"):
+        run_ingest(spark, cfg, str(tmp_path / "nope.csv"))
+    failed = runs(spark, cfg).filter("status = 'failed'").collect()
+    assert len(failed) == 2 and all("InputError" in r.error for r in failed)
