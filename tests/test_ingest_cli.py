@@ -52,6 +52,9 @@ def test_end_to_end_run_and_missing_input(tmp_path):
     assert "accepted                2" in ok.stdout
     assert "quarantined             1  {'MALFORMED_RECORD': 1}" in ok.stdout
     assert "table events (version 1)" in ok.stdout
+    # 1511650000 is 2017-11-25 22:46 UTC, already 2017-11-26 in China
+    assert "in the 2 dates this input covers, 2017-11-25 .. 2017-11-26: 2 events, 2 users, 2 items" in ok.stdout
+    assert "by type: purchase 1, view 1" in ok.stdout
     assert (warehouse / "events" / "_delta_log").is_dir()
 
     missing = _run("--set", f"storage.warehouse={warehouse}", "--input", str(tmp_path / "nowhere.csv"))

@@ -43,6 +43,7 @@ class IngestResult:
     reject_reasons: dict[str, int] = field(default_factory=dict)
     events_version: Optional[int] = None
     quarantine_version: Optional[int] = None
+    event_dates: list[dt.date] = field(default_factory=list)  # partitions of events this run read into
 
 
 def resolve_input(cfg: Config, input_path: Optional[str], ds: Optional[dt.date]) -> str:
@@ -134,6 +135,7 @@ def run_ingest(
         reject_reasons=reasons,
         events_version=events_version,
         quarantine_version=quarantine_version,
+        event_dates=valid_dates,
     )
 
 
@@ -167,7 +169,10 @@ def summarize(spark: SparkSession, cfg: Config, result: IngestResult) -> str:
         f"  duplicates   {result.duplicates:>12,}",
         f"  quarantined  {result.quarantined:>12,}  {result.reject_reasons or ''}",
     ]
-    events = spark.read.format("delta").load(EVENTS.path(cfg.storage))
+    # Only the partitions this run touched: the whole table can be billions of rows.
+    events = spark.read.format("delta").load(EVENTS.path(cfg.storage)).filter(
+        F.col("event_date").isin(result.event_dates)
+    )
     stats = events.agg(
         F.count(F.lit(1)).alias("rows"),
         F.min("event_date").alias("first"),
@@ -178,8 +183,8 @@ def summarize(spark: SparkSession, cfg: Config, result: IngestResult) -> str:
     by_type = {r["event_type"]: r["count"] for r in events.groupBy("event_type").count().collect()}
     lines += [
         f"table {EVENTS.name} (version {result.events_version}) at {EVENTS.path(cfg.storage)}",
-        f"  {stats['rows']:,} events, {stats['users']:,} users, {stats['items']:,} items, "
-        f"{stats['first']} .. {stats['last']}",
+        f"  in the {len(result.event_dates)} dates this input covers, {stats['first']} .. {stats['last']}: "
+        f"{stats['rows']:,} events, {stats['users']:,} users, {stats['items']:,} items",
         "  by type: " + ", ".join(f"{k} {v:,}" for k, v in sorted(by_type.items())),
     ]
     if result.quarantine_version is not None:
