@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Creates the project's virtual environment (.venv) with the pinned stack from setup.cfg.
 # Horovod is built once from its PyPI source by scripts/build_horovod.sh (C++17, Gloo; NCCL too
-# with MTL_HOROVOD_GPU=1 on a CUDA machine) and its wheel cached under ~/.cache/mtl-recsys, keyed by the versions it was
-# built against. Safe to run again: it does nothing when the environment is up to date.
+# with MTL_HOROVOD_GPU=1 on a CUDA machine) and its wheel cached under ~/.cache/mtl-recsys, keyed
+# by the versions it was built against and by the build script itself. Safe to run again: it does nothing when the environment is up to date.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -10,8 +10,8 @@ VENV=${MTL_VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3.11}
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/mtl-recsys
 HOROVOD_GPU=${MTL_HOROVOD_GPU:-0}
-# Bump when scripts/build_horovod.sh changes how Horovod is built, so cached wheels are rebuilt.
-HOROVOD_RECIPE=2
+# A change to how Horovod is built gives cached wheels a new key, so they are rebuilt.
+HOROVOD_RECIPE=$(sha256sum "$ROOT/scripts/build_horovod.sh" | cut -c1-8)
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }

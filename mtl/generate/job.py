@@ -78,8 +78,7 @@ class GenerateResult:
     seconds: float
 
 
-def output_paths(g: GeneratorConfig) -> dict[str, str]:
-    root = resolve_path(g.output)
+def output_paths(root: str) -> dict[str, str]:
     return {name: f"{root}/{name}" for name in (
         "events", "items", "users", "truth/impressions", "truth/repurchase", "truth/categories")}
 
@@ -156,10 +155,11 @@ def format_log(events: DataFrame, output_format: str) -> DataFrame:
 def run_generate(spark: SparkSession, cfg: Config) -> GenerateResult:
     g = cfg.generator
     started = time.perf_counter()
-    paths = output_paths(g)
+    root = resolve_path(g.output)
+    paths = output_paths(root)
     tables = generate_tables(spark, cfg)
     log.info("generating %d users x %d days (%d blocks) into %s as %s",
-             g.users, g.days, block_count(g), resolve_path(g.output), g.output_format)
+             g.users, g.days, block_count(g), root, g.output_format)
 
     # Spark's UTC session time zone makes the canonical timestamps exact.
     events = tables["events"].persist(StorageLevel.DISK_ONLY)
@@ -178,8 +178,8 @@ def run_generate(spark: SparkSession, cfg: Config) -> GenerateResult:
 
     seconds = time.perf_counter() - started
     manifest = {"generator": asdict(g), "events": n_events, "seconds": round(seconds, 1), "tables": paths}
-    _write_text(spark, f"{resolve_path(g.output)}/MANIFEST.json", json.dumps(manifest, indent=2, sort_keys=True))
-    return GenerateResult(resolve_path(g.output), g.output_format, n_events, g.users, g.items, seconds)
+    _write_text(spark, f"{root}/MANIFEST.json", json.dumps(manifest, indent=2, sort_keys=True))
+    return GenerateResult(root, g.output_format, n_events, g.users, g.items, seconds)
 
 
 def _hadoop_fs(spark: SparkSession, path: str):
