@@ -125,6 +125,38 @@ class GeneratorConfig:
 
 
 @dataclass(frozen=True)
+class FeaturesConfig:
+    """How build_features turns events into feature tables and training examples (docs/features.md)."""
+
+    # Aggregates over "all history" (days since last purchase, purchase intervals, item age)
+    # look back this many days; it also caps every days-since feature.
+    history_days: int = 180
+    # Rates are smoothed towards the global rate as (hits + k * prior) / (trials + k).
+    smoothing_strength: float = 20.0
+    # Logs without impressions: k sampled negatives per positive, drawn in proportion to
+    # popularity ** exponent from the items seen in the last 30 days.
+    negatives_per_positive: int = 4
+    negative_sampling_exponent: float = 0.75
+    # Size of the table the sampler draws from (one equi-join, no nested-loop join).
+    sampling_slots: int = 262144
+    seed: int = 11
+    # Repurchase examples: (user, item) and (user, category) pairs bought in this many days before D.
+    repurchase_lookback_days: int = 90
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking store and model registry."""
+
+    # None: the embedded default, a SQLite store and artifact folder under the warehouse.
+    tracking_uri: Optional[str] = None
+    artifact_root: Optional[str] = None
+    experiment: str = "mtl-recsys"
+    registered_model: str = "mtl-recsys"
+    champion_alias: str = "champion"
+
+
+@dataclass(frozen=True)
 class Config:
     env: str = "local"
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -132,6 +164,10 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     formats: dict[str, FormatConfig] = field(default_factory=dict)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # The model's own YAML (architecture, embeddings, optimiser, trainer), relative to the working folder.
+    model_config: str = "conf/models/mmoe.yaml"
 
     def format_config(self, name: Optional[str] = None) -> FormatConfig:
         name = name or self.ingest.format
@@ -156,12 +192,20 @@ class Config:
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
     """Load ``path`` (following ``extends``), apply ``key.path=value`` overrides, type-check."""
-    raw: dict[str, Any] = _read_with_parents(Path(path), seen=()) if path else {}
-    for override in overrides or []:
-        _apply_override(raw, override)
-    cfg = _convert(Config, raw, "")
+    cfg = load_typed(Config, path, overrides)
     _check_semantics(cfg)
     return cfg
+
+
+def load_typed(cls: Any, path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Any:
+    """Load a YAML file (following ``extends``) into the dataclass ``cls``, with overrides.
+
+    The same rules as the main config: unknown keys and wrong types fail naming the key.
+    """
+    raw: dict[str, Any] = _read_with_parents(Path(path), seen=()) if path else {}
+    for override in overrides or []:
+        _apply_override(raw, override, cls)
+    return _convert(cls, raw, "")
 
 
 def _read_with_parents(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -192,11 +236,11 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _apply_override(raw: dict[str, Any], override: str) -> None:
+def _apply_override(raw: dict[str, Any], override: str, root: Any) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {override!r} must look like key.path=value")
-    parts = _split_key(key.strip())
+    parts = _split_key(key.strip(), root)
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
@@ -206,11 +250,11 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
 
 
-def _split_key(key: str) -> list[str]:
+def _split_key(key: str, root: Any) -> list[str]:
     """Split a dotted key by the config's structure: below a string-to-scalar mapping (such as
     spark.extra) the rest of the key is one mapping key, dots and all."""
     parts = key.split(".")
-    tp: Any = Config
+    tp: Any = root
     for i, part in enumerate(parts):
         if dataclasses.is_dataclass(tp):
             hints = typing.get_type_hints(tp)
@@ -307,6 +351,14 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError("ingest.max_quarantine_share: must be between 0 and 1")
     if cfg.spark.shuffle_partitions < 1:
         raise ConfigError("spark.shuffle_partitions: must be at least 1")
+    feats = cfg.features
+    for key in ("history_days", "sampling_slots", "repurchase_lookback_days"):
+        if getattr(feats, key) < 1:
+            raise ConfigError(f"features.{key}: must be at least 1")
+    if feats.history_days < 30:
+        raise ConfigError("features.history_days: must be at least 30 (the longest feature window)")
+    if feats.negatives_per_positive < 0 or feats.smoothing_strength < 0:
+        raise ConfigError("features.negatives_per_positive and features.smoothing_strength must not be negative")
     gen = cfg.generator
     for key in ("users", "items", "categories", "days", "impressions_per_session", "latent_dim",
                 "users_per_block", "partitions", "cycle_days_min", "repurchase_horizon_days"):
