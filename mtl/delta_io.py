@@ -72,3 +72,22 @@ def insert_new_rows(
         return int(metrics.first()["num_inserted_rows"])
     last = target.history(1).select("operationMetrics").first()[0]
     return int(last.get("numTargetRowsInserted", 0))
+
+
+def replace_partition(spark: SparkSession, df: DataFrame, spec: TableSpec, path: str, value) -> int:
+    """Replace one partition (e.g. ``ds = D``) with ``df`` in one transaction; returns the new version.
+
+    Readers see either the old partition or the new one, never a mix; rows of ``df`` outside the
+    partition make Delta fail the write instead of touching other partitions.
+    """
+    (partition_col,) = spec.partition_by
+    ensure_table(spark, spec, path)
+    literal = value.isoformat() if hasattr(value, "isoformat") else value
+    (
+        conform(df, spec)
+        .write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", f"{partition_col} = '{literal}'")
+        .save(path)
+    )
+    return table_version(spark, path)

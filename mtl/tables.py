@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pyspark.sql import types as T
 
 from mtl.config import StorageConfig
+from mtl.features import schema as fs
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,144 @@ PIPELINE_RUNS = TableSpec(
     ),
 )
 
-ALL_TABLES = (EVENTS, EVENTS_QUARANTINE, PIPELINE_RUNS)
+
+# ---------------------------------------------------------------------------------------------
+# feature tables (column names come from mtl/features/schema.py)
+
+_DESCRIPTIONS = {
+    "ctr_30d": "Smoothed clicks / impressions over 30 days (0 when the log has no impressions).",
+    "cvr_30d": "Smoothed purchases / (views + clicks) over 30 days.",
+    "active_days_30d": "Days with any event in the last 30 days.",
+    "days_since_last_event": "Days from the last event to D (1 = the day before D; capped at features.history_days).",
+    "days_since_last_purchase": "Days from the last purchase to D (capped at features.history_days).",
+    "purchase_days": "Distinct days with a purchase in the history window.",
+    "mean_purchase_interval_days": "Mean days between purchase days (features.history_days with fewer than two).",
+    "spend_30d": "Sum of price x quantity of purchases over 30 days.",
+    "avg_price_30d": "Mean price of the items the user had events with over 30 days (0 if unknown).",
+    "users_30d": "Distinct users who interacted with the item in the last 30 days.",
+    "buyers_30d": "Distinct users who bought the item in the last 30 days.",
+    "repurchase_rate": "Smoothed share of the item's buyers who bought it on two or more days.",
+    "price": "Mean recorded price (0 if unknown).",
+    "age_days": "Days since the item was first seen.",
+    "purchase_cycle_ratio": "Days since last purchase / mean purchase interval (about 1: due to rebuy; 0 with fewer than two purchases).",
+    "interactions_30d": "Interactions (views, clicks, favs, carts, purchases) over 30 days.",
+}
+_SIDE = {"u": "The user's", "i": "The item's", "uc": "The user's, in this category,", "ui": "The user's, with this item,"}
+
+
+def _describe(name: str) -> str:
+    """Analyst-facing meaning of a generated feature column such as u_click_7d or i_ctr_30d."""
+    prefix, _, rest = name.partition("_")
+    if rest in _DESCRIPTIONS:
+        return _DESCRIPTIONS[rest]
+    what, _, window = rest.rpartition("_")
+    noun = f"{what} events" if what in fs.EVENT_TYPES else what
+    days = window.rstrip('d')
+    return f"{_SIDE[prefix]} {noun} in the {days} day{'s' if days != '1' else ''} before D."
+
+
+def _dense(names: tuple[str, ...]) -> tuple[Column, ...]:
+    return tuple(Column(n, T.DoubleType(), False, _describe(n)) for n in names)
+
+
+DS = Column("ds", T.DateType(), False, "The as-of date D: features use only events strictly before D.")
+_ID_ARRAY = T.ArrayType(T.StringType())
+_HASH_ARRAY = T.ArrayType(T.LongType())
+
+USER_FEATURES = TableSpec(
+    name="user_features",
+    comment="One row per user with any event in the history window before ds, computed from events strictly before ds.",
+    partition_by=("ds",),
+    columns=(
+        Column("user_id", T.StringType(), False, "User id."),
+        *_dense(fs.USER_DENSE),
+        Column("hist_item_ids", _ID_ARRAY, True, f"The last {fs.HISTORY_LENGTH} distinct items the user interacted with, newest first."),
+        Column("hist_category_ids", _ID_ARRAY, True, "Categories of hist_item_ids, in the same order."),
+        Column("u_top_category_ids", _ID_ARRAY, True, f"The user's top {fs.TOP_CATEGORIES} categories by interactions over 30 days."),
+        DS,
+    ),
+)
+
+ITEM_FEATURES = TableSpec(
+    name="item_features",
+    comment="One row per item with any event in the history window before ds, computed from events strictly before ds.",
+    partition_by=("ds",),
+    columns=(
+        Column("item_id", T.StringType(), False, "Item id."),
+        Column("category_id", T.StringType(), True, "The item's category (its latest recorded one)."),
+        *_dense(fs.ITEM_DENSE),
+        Column("first_seen_ts", T.TimestampType(), False, "First event of the item in the history window (UTC)."),
+        DS,
+    ),
+)
+
+USER_CATEGORY_FEATURES = TableSpec(
+    name="user_category_features",
+    comment="One row per (user, category) with events in the history window before ds: the repurchase signals.",
+    partition_by=("ds",),
+    columns=(
+        Column("user_id", T.StringType(), False, "User id."),
+        Column("category_id", T.StringType(), False, "Category id."),
+        *_dense(fs.USER_CATEGORY_DENSE),
+        Column("uc_last_purchase_ts", T.TimestampType(), True, "Time of the user's last purchase in the category (UTC)."),
+        DS,
+    ),
+)
+
+TRAINING_EXAMPLES = TableSpec(
+    name="training_examples",
+    comment=(
+        "Model rows for ds: features as of ds (events strictly before ds), labels from ds on. "
+        "row_kind exposure carries click/purchase; repurchase_item/repurchase_category carry repurchase_<N>d."
+    ),
+    partition_by=("ds",),
+    columns=(
+        Column("user_id", T.StringType(), False, "User id."),
+        Column("item_id", T.StringType(), True, "Item id (null on repurchase_category rows)."),
+        Column("category_id", T.StringType(), True, "Category id (the item's, or the row's category)."),
+        Column("row_kind", T.StringType(), False, "exposure, repurchase_item or repurchase_category."),
+        Column("is_sampled_negative", T.BooleanType(), False, "True for negatives sampled for a log without impressions."),
+        Column("user_hash", T.LongType(), False, "xxhash64 of user_id (0 if missing): the model's id input."),
+        Column("item_hash", T.LongType(), False, "xxhash64 of item_id (0 if missing)."),
+        Column("category_hash", T.LongType(), False, "xxhash64 of category_id (0 if missing)."),
+        Column("row_kind_code", T.LongType(), False, "1, 2, 3 for exposure, repurchase_item, repurchase_category."),
+        Column("hist_item_hashes", _HASH_ARRAY, False, f"Hashes of the user's last {fs.HISTORY_LENGTH} items before ds, padded with 0."),
+        Column("hist_category_hashes", _HASH_ARRAY, False, "Hashes of their categories, padded with 0."),
+        Column("hist_length", T.IntegerType(), False, "How many entries of the history are real (not padding)."),
+        Column("u_top_category_hashes", _HASH_ARRAY, False, "Hashes of the user's top categories, padded with 0."),
+        *_dense(fs.dense_columns()),
+        Column("click", T.IntegerType(), True, "Exposure rows: 1 if the user interacted with the item on ds (null on other rows)."),
+        Column("purchase", T.IntegerType(), True, "Exposure rows: 1 if the user clicked and bought the item on ds (CTCVR label)."),
+        *(
+            Column(f"repurchase_{n}d", T.IntegerType(), True,
+                   f"Repurchase rows: 1 if bought again in [ds, ds+{n}d); null if that window is not fully observed yet.")
+            for n in fs.REPURCHASE_HORIZONS_DAYS
+        ),
+        DS,
+    ),
+)
+
+FEATURE_STATS = TableSpec(
+    name="feature_stats",
+    comment="Statistics of the model inputs over training_examples of ds; the model normalises with them.",
+    partition_by=("ds",),
+    columns=(
+        Column("column", T.StringType(), False, "Column of training_examples."),
+        Column("kind", T.StringType(), False, "dense or categorical."),
+        Column("count", T.LongType(), False, "Rows."),
+        Column("mean", T.DoubleType(), True, "Dense: mean."),
+        Column("stddev", T.DoubleType(), True, "Dense: standard deviation."),
+        Column("min", T.DoubleType(), True, "Dense: minimum."),
+        Column("max", T.DoubleType(), True, "Dense: maximum."),
+        Column("log_mean", T.DoubleType(), True, "Dense: mean of log1p(max(x, 0)), what the model standardises."),
+        Column("log_stddev", T.DoubleType(), True, "Dense: standard deviation of log1p(max(x, 0))."),
+        Column("approx_distinct", T.LongType(), True, "Categorical: approximate number of distinct ids."),
+        DS,
+    ),
+)
+
+FEATURE_TABLES = (USER_FEATURES, ITEM_FEATURES, USER_CATEGORY_FEATURES, TRAINING_EXAMPLES, FEATURE_STATS)
+ALL_TABLES = (EVENTS, EVENTS_QUARANTINE, PIPELINE_RUNS, *FEATURE_TABLES)
 
 
 def markdown_docs() -> str:

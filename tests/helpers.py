@@ -27,3 +27,23 @@ def runs(spark, cfg):
 def event_tuples(spark, cfg, columns=("user_id", "item_id", "category_id", "event_type", "event_ts",
                                        "event_date", "quantity", "price", "source")):
     return sorted(tuple(r) for r in events(spark, cfg).select(*columns).collect())
+
+
+def write_events(spark: SparkSession, cfg: Config, rows, source: str = "test") -> None:
+    """Append hand-made events to the events table. Each row is
+    (user, item, category, event_type, "YYYY-MM-DD HH:MM", price, quantity); times are UTC."""
+    import datetime as dt
+    import hashlib
+
+    from mtl import delta_io
+
+    records = []
+    for user, item, category, kind, ts, price, quantity in rows:
+        when = dt.datetime.fromisoformat(ts)
+        key = f"{user}|{item}|{kind}|{ts}|{price}|{quantity}"
+        records.append({
+            "event_id": hashlib.md5(key.encode()).hexdigest(), "user_id": user, "item_id": item,
+            "category_id": category, "event_type": kind, "event_ts": when, "event_date": when.date(),
+            "quantity": quantity, "price": price, "source": source,
+        })
+    delta_io.append(spark, spark.createDataFrame(records, EVENTS.schema), EVENTS, EVENTS.path(cfg.storage))

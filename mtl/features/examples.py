@@ -1,0 +1,235 @@
+"""Training examples for ds D: which rows exist, their labels, and their features as of D.
+
+Three kinds of row share one table (``row_kind``), so one model learns every task:
+
+- ``exposure``: (user, item) pairs of day D with ``click`` and ``purchase`` labels. A log with
+  impressions gives impression -> click rows; a log without (Taobao) gives the items the user
+  interacted with on D as positives plus ``negatives_per_positive`` sampled items per positive
+  that the user did not touch on D (``is_sampled_negative``). Exposure rows with click = 1 are
+  also the retrieval task's targets, with the user's history before D as context.
+- ``repurchase_item`` / ``repurchase_category``: pairs bought in the look-back window before D,
+  labelled ``repurchase_<N>d`` = bought again in [D, D + N). A label whose window reaches past
+  the last day present in ``events`` is null (unknown), never 0.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Optional
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from mtl.config import FeaturesConfig
+from mtl.features.schema import (
+    HISTORY_LENGTH,
+    INTERACTION_TYPES,
+    ITEM_DENSE,
+    PAD_HASH,
+    REPURCHASE_HORIZONS_DAYS,
+    ROW_KINDS,
+    TOP_CATEGORIES,
+    USER_CATEGORY_DENSE,
+    USER_DENSE,
+    USER_ITEM_DENSE,
+)
+from mtl.features.transforms import RATE_WINDOW_DAYS, Priors, id_hash
+
+LABEL_HORIZON_COLUMNS = {n: f"repurchase_{n}d" for n in REPURCHASE_HORIZONS_DAYS}
+
+
+def feature_defaults(p: Priors, cap: int) -> dict[str, float]:
+    """Values for users, items and pairs with no history before D: never null."""
+    defaults = {c: 0.0 for c in USER_DENSE + ITEM_DENSE + USER_CATEGORY_DENSE + USER_ITEM_DENSE}
+    for col in ("u_days_since_last_event", "u_days_since_last_purchase", "u_mean_purchase_interval_days",
+                "i_days_since_last_event", "uc_days_since_last_purchase", "uc_mean_purchase_interval_days",
+                "ui_days_since_last_purchase"):
+        defaults[col] = float(cap)
+    defaults["u_ctr_30d"] = defaults["i_ctr_30d"] = p.ctr if p.has_impressions else 0.0
+    defaults["u_cvr_30d"] = defaults["i_cvr_30d"] = p.cvr
+    defaults["i_repurchase_rate"] = p.repurchase_rate
+    return defaults
+
+
+def day_has_impressions(day: DataFrame) -> bool:
+    return day.where(F.col("event_type") == "impression").limit(1).count() > 0
+
+
+def _interaction() -> Column:
+    return F.col("event_type").isin(*INTERACTION_TYPES)
+
+
+def exposure_rows(day: DataFrame, with_impressions: bool) -> DataFrame:
+    """(user, item) rows of day D with click and purchase labels (sampled negatives not included)."""
+    pairs = day.groupBy("user_id", "item_id").agg(
+        F.max(F.col("event_type") == "impression").alias("shown"),
+        F.max(_interaction()).alias("engaged"),
+        F.max(F.col("event_type") == "purchase").alias("bought"),
+        F.max("category_id").alias("day_category_id"),
+    )
+    if with_impressions:
+        # Impression -> click: an interaction with an item shown that day counts as its click.
+        pairs = pairs.where("shown").withColumn("click", F.col("engaged").cast("int"))
+    else:
+        pairs = pairs.where("engaged").withColumn("click", F.lit(1))
+    return pairs.select(
+        "user_id",
+        "item_id",
+        "day_category_id",
+        "click",
+        (F.col("bought") & (F.col("click") == 1)).cast("int").alias("purchase"),
+        F.lit(False).alias("is_sampled_negative"),
+    )
+
+
+def sampling_table(items: DataFrame, cfg: FeaturesConfig) -> DataFrame:
+    """``cfg.sampling_slots`` slots, each holding one item; an item holds a share of the slots
+    proportional to (interactions in the rate window) ** exponent. Drawing a uniform slot is
+    then an equi-join (broadcast), not a nested-loop join against the catalogue."""
+    weight = sum((F.col(f"i_{t}_{RATE_WINDOW_DAYS}d") for t in INTERACTION_TYPES), F.lit(0))
+    popular = items.where(weight > 0).select(
+        "item_id", "category_id", F.pow(weight.cast("double"), cfg.negative_sampling_exponent).alias("w")
+    )
+    # One ordered pass to lay items end to end; the catalogue of items seen in 30 days is small.
+    ordered = Window.orderBy("item_id").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    total = F.sum("w").over(Window.partitionBy())
+    slots = cfg.sampling_slots
+    laid = popular.select(
+        "item_id",
+        "category_id",
+        F.floor((F.sum("w").over(ordered) - F.col("w")) / total * slots).cast("long").alias("lo"),
+        F.floor(F.sum("w").over(ordered) / total * slots).cast("long").alias("hi"),
+    )
+    return laid.where(F.col("hi") > F.col("lo")).select(
+        F.explode(F.sequence(F.col("lo"), F.col("hi") - 1)).alias("slot"), "item_id", "category_id"
+    )
+
+
+def sampled_negatives(
+    positives: DataFrame, day: DataFrame, table: DataFrame, ds: dt.date, cfg: FeaturesConfig
+) -> DataFrame:
+    """k draws per positive (seeded by ds, user, item and draw number, so reruns agree), minus
+    items the user touched on D and repeated draws."""
+    k = cfg.negatives_per_positive
+    draws = positives.select(
+        "user_id", "item_id", F.explode(F.sequence(F.lit(0), F.lit(k - 1))).alias("draw")
+    ).select(
+        "user_id",
+        F.pmod(
+            F.xxhash64(F.lit(cfg.seed), F.lit(ds.isoformat()), "user_id", "item_id", "draw"), F.lit(cfg.sampling_slots)
+        ).alias("slot"),
+    )
+    touched = day.select("user_id", "item_id").distinct()
+    return (
+        draws.join(F.broadcast(table), "slot")
+        .select("user_id", "item_id", F.col("category_id").alias("day_category_id"))
+        .distinct()
+        .join(touched, ["user_id", "item_id"], "left_anti")
+        .select(
+            "user_id",
+            "item_id",
+            "day_category_id",
+            F.lit(0).alias("click"),
+            F.lit(0).alias("purchase"),
+            F.lit(True).alias("is_sampled_negative"),
+        )
+    )
+
+
+def _horizon_label(bought_within: dict[int, Column], ds: dt.date, observed_until: Optional[dt.date]) -> list[Column]:
+    out = []
+    for n, col in LABEL_HORIZON_COLUMNS.items():
+        complete = observed_until is not None and ds + dt.timedelta(days=n - 1) <= observed_until
+        out.append((bought_within[n].cast("int") if complete else F.lit(None).cast("int")).alias(col))
+    return out
+
+
+def repurchase_rows(
+    pairs: DataFrame,
+    user_cats: DataFrame,
+    future: DataFrame,
+    ds: dt.date,
+    observed_until: Optional[dt.date],
+    cfg: FeaturesConfig,
+) -> DataFrame:
+    """(user, item) and (user, category) pairs bought within the look-back, with their labels."""
+    lookback = cfg.repurchase_lookback_days
+    buys = future.where(F.col("event_type") == "purchase")
+    item_later = buys.groupBy("user_id", "item_id").agg(F.min("days_ahead").alias("next_buy"))
+    cat_later = (
+        buys.where(F.col("category_id").isNotNull())
+        .groupBy("user_id", "category_id")
+        .agg(F.min("days_ahead").alias("next_buy"))
+    )
+    within = {n: F.coalesce(F.col("next_buy") < n, F.lit(False)) for n in REPURCHASE_HORIZONS_DAYS}
+    items = (
+        pairs.where((F.col("ui_purchase_days") > 0) & (F.col("ui_days_since_last_purchase") <= lookback))
+        .select("user_id", "item_id")
+        .join(item_later, ["user_id", "item_id"], "left")
+        .select("user_id", "item_id", F.lit("repurchase_item").alias("row_kind"), *_horizon_label(within, ds, observed_until))
+    )
+    cats = (
+        user_cats.where((F.col("uc_purchase_days") > 0) & (F.col("uc_days_since_last_purchase") <= lookback))
+        .select("user_id", "category_id")
+        .join(cat_later, ["user_id", "category_id"], "left")
+        .select(
+            "user_id",
+            F.lit(None).cast("string").alias("item_id"),
+            F.col("category_id").alias("day_category_id"),
+            F.lit("repurchase_category").alias("row_kind"),
+            *_horizon_label(within, ds, observed_until),
+        )
+    )
+    no_exposure_labels = (
+        F.lit(None).cast("int").alias("click"),
+        F.lit(None).cast("int").alias("purchase"),
+        F.lit(False).alias("is_sampled_negative"),
+    )
+    return items.withColumn("day_category_id", F.lit(None).cast("string")).unionByName(cats).select(
+        "*", *no_exposure_labels
+    )
+
+
+def _padded_hashes(ids: Column, length: int) -> Column:
+    """Fixed-length array of id hashes, padded with PAD_HASH (Petastorm and the model want fixed shapes)."""
+    hashed = F.transform(F.coalesce(ids, F.array().cast("array<string>")), lambda x: id_hash(x))
+    return F.slice(F.concat(hashed, F.array_repeat(F.lit(PAD_HASH).cast("long"), length)), 1, length)
+
+
+def assemble(
+    rows: DataFrame,
+    users: DataFrame,
+    items: DataFrame,
+    user_cats: DataFrame,
+    pairs: DataFrame,
+    defaults: dict[str, float],
+) -> DataFrame:
+    """Join the as-of-D features onto the example rows; fill defaults; add id hashes."""
+    item_side = items.select("item_id", F.col("category_id").alias("item_category_id"), *ITEM_DENSE)
+    joined = (
+        rows.join(users, "user_id", "left")
+        .join(item_side, "item_id", "left")
+        .withColumn("category_id", F.coalesce("item_category_id", "day_category_id"))
+        .join(user_cats.select("user_id", "category_id", *USER_CATEGORY_DENSE), ["user_id", "category_id"], "left")
+        .join(pairs.select("user_id", "item_id", *USER_ITEM_DENSE), ["user_id", "item_id"], "left")
+    )
+    kind_code = F.array_position(F.array(*[F.lit(k) for k in ROW_KINDS]), F.col("row_kind")).cast("long")
+    return joined.select(
+        "user_id",
+        "item_id",
+        "category_id",
+        "row_kind",
+        "is_sampled_negative",
+        id_hash(F.col("user_id")).alias("user_hash"),
+        id_hash(F.col("item_id")).alias("item_hash"),
+        id_hash(F.col("category_id")).alias("category_hash"),
+        kind_code.alias("row_kind_code"),
+        _padded_hashes(F.col("hist_item_ids"), HISTORY_LENGTH).alias("hist_item_hashes"),
+        _padded_hashes(F.col("hist_category_ids"), HISTORY_LENGTH).alias("hist_category_hashes"),
+        F.size(F.coalesce("hist_item_ids", F.array())).cast("int").alias("hist_length"),
+        _padded_hashes(F.col("u_top_category_ids"), TOP_CATEGORIES).alias("u_top_category_hashes"),
+        *[F.coalesce(F.col(c).cast("double"), F.lit(v)).alias(c) for c, v in defaults.items()],
+        "click",
+        "purchase",
+        *LABEL_HORIZON_COLUMNS.values(),
+    )

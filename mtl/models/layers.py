@@ -1,0 +1,70 @@
+"""Building blocks: an MLP, a stack of expert MLPs run as batched matmuls, and a task tower."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class MLP(nn.Sequential):
+    """Linear -> ReLU -> Dropout per layer; ``out_dim`` is the last layer's size."""
+
+    def __init__(self, in_dim: int, units: Sequence[int], dropout: float = 0.0) -> None:
+        layers: list[nn.Module] = []
+        for size in units:
+            layers += [nn.Linear(in_dim, size), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_dim = size
+        super().__init__(*layers)
+        self.out_dim = in_dim
+
+
+class Tower(nn.Module):
+    """A task's own MLP and its logit."""
+
+    def __init__(self, in_dim: int, units: Sequence[int], dropout: float = 0.0) -> None:
+        super().__init__()
+        self.mlp = MLP(in_dim, units, dropout)
+        self.out = nn.Linear(self.mlp.out_dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.mlp(x)).squeeze(-1)
+
+
+class ExpertMLPs(nn.Module):
+    """``n`` independent MLPs of the same shape, evaluated together.
+
+    Each layer is one batched matmul over a weight of shape [n, in, out] instead of ``n`` Linear
+    calls, which matters on CPU where the per-call overhead is comparable to the work. Input is
+    either [B, in] (every expert reads the same vector) or [n, B, in] (each expert its own);
+    output is [n, B, units[-1]].
+    """
+
+    def __init__(self, n: int, in_dim: int, units: Sequence[int], dropout: float = 0.0) -> None:
+        super().__init__()
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for size in units:
+            # nn.Linear's default initialisation, per expert
+            bound = 1.0 / math.sqrt(in_dim)
+            self.weights.append(nn.Parameter(torch.empty(n, in_dim, size).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(n, 1, size).uniform_(-bound, bound)))
+            in_dim = size
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.n = n
+        self.out_dim = in_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        for weight, bias in zip(self.weights, self.biases):
+            # [B, in] @ [n, in, out] broadcasts to [n, B, out]; [n, B, in] @ [n, in, out] is a bmm.
+            x = self.dropout(torch.relu(torch.baddbmm(bias, x.expand(self.n, *x.shape[-2:]), weight)))
+        return x
+
+
+def mix_experts(gate_logits: Tensor, experts: Tensor) -> Tensor:
+    """Softmax-gated sum: gate logits [B, G, n] over experts [n, B, H] -> [B, G, H]."""
+    return torch.bmm(torch.softmax(gate_logits, dim=-1), experts.transpose(0, 1))
