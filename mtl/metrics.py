@@ -126,9 +126,10 @@ def _auc_per_group(y: np.ndarray, s: np.ndarray, codes: Optional[np.ndarray]) ->
     n = y.size
     if n == 0:
         return np.empty(0), np.empty(0, dtype=np.int64)
+    # Tie blocks are counted as a whole, so the order inside a block does not matter.
     if codes is None:
         codes = np.zeros(n, dtype=np.int64)
-        order = np.argsort(s, kind="stable")
+        order = np.argsort(s)
     else:
         order = np.lexsort((s, codes))
     y, s, g = y[order], s[order], codes[order]
@@ -240,25 +241,40 @@ def _hits(ranked: npt.ArrayLike, relevant: RelevantItems) -> tuple[np.ndarray, n
     if rel_item.size and rel_item.min() < 0:
         raise ValueError("relevant item ids must not be negative (negative ids pad ranked lists)")
 
-    # Compact item codes let one int64 key, user * n_codes + code, name a (user, item) pair.
-    # Padding (negative) ids get codes too but can never match a relevant item.
-    flat = ranked.reshape(-1)
-    _, codes = np.unique(np.concatenate([flat.astype(np.int64), rel_item]), return_inverse=True)
-    codes = codes.reshape(-1)
-    n_codes = np.int64(codes.max() + 1) if codes.size else np.int64(1)
-    ranked_key = np.repeat(np.arange(n_users, dtype=np.int64), width) * n_codes + codes[: flat.size]
-    relevant_key = np.unique(rel_user * n_codes + codes[flat.size:])
+    # Only list entries holding some user's relevant item can hit; an item's index among the
+    # relevant items (its code) makes one int64 key, user * n_codes + code, per (user, item) pair.
+    items = np.unique(rel_item)
+    n_codes = max(items.size, 1)
+    relevant_key = np.unique(rel_user * n_codes + np.searchsorted(items, rel_item))
     n_relevant = np.bincount(relevant_key // n_codes, minlength=n_users)
 
-    # A stable sort keeps each row's positions in order, so a run's first key is its first occurrence.
-    order = np.argsort(ranked_key, kind="stable")
-    sorted_key = ranked_key[order]
-    first = np.r_[True, sorted_key[1:] != sorted_key[:-1]]
-    at = np.minimum(np.searchsorted(relevant_key, sorted_key), max(relevant_key.size - 1, 0))
-    member = relevant_key[at] == sorted_key if relevant_key.size else np.zeros(sorted_key.size, dtype=bool)
+    flat = ranked.reshape(-1)
+    code = _index_in(items, flat)
+    candidate = np.flatnonzero(code >= 0)
+    # Row-major candidates give keys sorted by user, which keeps this search cache-friendly.
+    candidate_key = (candidate // width) * n_codes + code[candidate]
+    relevant_here = _index_in(relevant_key, candidate_key) >= 0
+    hit_at, hit_key = candidate[relevant_here], candidate_key[relevant_here]
+    # hit_at is in row-major order, so the first index of each key is the item's first position
+    _, first = np.unique(hit_key, return_index=True)
     hits = np.zeros(flat.size, dtype=bool)
-    hits[order[first & member]] = True
+    hits[hit_at[first]] = True
     return hits.reshape(n_users, width), n_relevant
+
+
+def _index_in(sorted_values: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Index of each x in sorted_values (distinct, non-negative), or -1 where it is absent."""
+    if not sorted_values.size:
+        return np.full(x.shape, -1, dtype=np.int64)
+    top = int(sorted_values[-1])
+    if top < 4 * (x.size + sorted_values.size):
+        # Dense ids (vocabulary indices): a lookup table is far faster than a binary search with
+        # random queries, which misses the cache at every step. Slot 0 catches x < 0, the last x > top.
+        table = np.full(top + 3, -1, dtype=np.int32 if sorted_values.size < 2**31 else np.int64)
+        table[sorted_values + 1] = np.arange(sorted_values.size)
+        return table[np.clip(x, -1, top + 1) + 1]
+    at = np.minimum(np.searchsorted(sorted_values, x), sorted_values.size - 1)
+    return np.where(sorted_values[at] == x, at, -1)
 
 
 def _mean_over_relevant_users(per_user: np.ndarray, n_relevant: np.ndarray) -> float:

@@ -222,6 +222,16 @@ def test_long_form_relevance_gives_the_same_metrics():
     assert metrics.ranking_metrics(ranked, long_form, ks=(3, 8)) == metrics.ranking_metrics(ranked, relevant, ks=(3, 8))
 
 
+def test_sparse_item_ids_give_the_same_metrics():
+    # ids far apart (hashes rather than vocabulary indices) take the binary-search path
+    ranked, relevant = _random_lists(np.random.default_rng(11), users=150, width=10, n_items=30)
+    spread = np.where(ranked >= 0, ranked.astype(np.int64) * 1_000_003 + 10**12, -1)
+    spread_relevant = [{i * 1_000_003 + 10**12 for i in r} for r in relevant]
+    got = metrics.ranking_metrics(spread, spread_relevant, ks=(1, 5, 20))
+    assert got == metrics.ranking_metrics(ranked, relevant, ks=(1, 5, 20))
+    assert got["ndcg_at_5"] == pytest.approx(_reference_ranking(ranked, relevant, 5)["ndcg"], abs=1e-12)
+
+
 def test_ranking_metrics_dict_keys_and_values():
     ranked, relevant = _random_lists(np.random.default_rng(10), users=100, width=10, n_items=25)
     got = metrics.ranking_metrics(ranked, relevant, ks=(5, 10))

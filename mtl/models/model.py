@@ -1,0 +1,132 @@
+"""The multi-task recommender: shared embeddings -> backbone -> one tower per task, plus a
+two-tower retrieval head on the same embedding tables.
+
+Ranking reads every side (user, item, pair); the retrieval towers read the user and the item
+side respectively. Training runs one embedding pass per batch for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from mtl.config import ConfigError
+from mtl.features.schema import Field
+from mtl.models.config import ModelConfig, check_model_config
+from mtl.models.features import SIDES, Batch, FeatureEmbedding
+from mtl.models.layers import Tower
+from mtl.models.matching.two_tower import TwoTower
+from mtl.models.multi_task import build_backbone
+from mtl.models.multi_task.esmm import ctcvr_logit, ctcvr_prob
+
+
+@dataclass
+class ModelOutput:
+    # task -> logit [B]; ESMM's CTCVR task holds logit(pCTR * pCVR)
+    logits: dict[str, Tensor]
+    # ESMM only: the CVR tower's logit, pCVR = P(purchase | click, exposure)
+    cvr_logit: Optional[Tensor] = None
+    # retrieval head only: L2-normalised user and item vectors [B, d] of every row
+    user_vec: Optional[Tensor] = None
+    item_vec: Optional[Tensor] = None
+
+
+class MultiTaskRecModel(nn.Module):
+    def __init__(
+        self, fields: Sequence[Field], cfg: ModelConfig, feature_stats: Mapping[str, Sequence[float]] | None = None
+    ) -> None:
+        super().__init__()
+        names = [f.name for f in fields]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"fields: duplicate names {sorted({n for n in names if names.count(n) > 1})}")
+        self.cfg = cfg
+        self.tasks = cfg.task_names
+        arch = cfg.architecture
+        self.features = FeatureEmbedding(fields, cfg.embedding, feature_stats)
+        widths = self.features.widths
+        self.input_sides = tuple(s for s in SIDES if widths[s])
+        self.backbone = build_backbone(arch, sum(widths.values()), len(self.tasks))
+        self.towers = nn.ModuleDict({t: Tower(self.backbone.out_dim, arch.tower_units, arch.dropout) for t in self.tasks})
+        # ESMM: the tower of the CTCVR task is the CVR tower; its task output is the product.
+        self.esmm_tasks = (arch.esmm_ctr_task, arch.esmm_ctcvr_task) if arch.name == "esmm" else None
+
+        self.retrieval: Optional[TwoTower] = None
+        ret = cfg.retrieval
+        if ret.enabled:
+            item_id = next((f for f in fields if f.name == ret.item_id_field), None)
+            if item_id is None or item_id.kind != "categorical" or item_id.side != "item":
+                raise ConfigError(f"retrieval.item_id_field: {ret.item_id_field!r} is not an item-side categorical field")
+            if not widths["user"] or not widths["item"]:
+                raise ConfigError("retrieval: the schema needs user-side and item-side fields for the two towers")
+            self.retrieval = TwoTower(widths["user"], widths["item"], ret.tower_units, ret.dim, arch.dropout)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        parts = self.features(batch, self.input_sides)
+        out = self._rank(parts)
+        if self.retrieval is not None:
+            out.user_vec = self.retrieval.user_vectors(parts["user"])
+            out.item_vec = self.retrieval.item_vectors(parts["item"])
+        return out
+
+    def user_vectors(self, batch: Batch) -> Tensor:
+        """[B, d] from the user-side fields only."""
+        return self._retrieval_head().user_vectors(self.features(batch, ("user",))["user"])
+
+    def item_vectors(self, batch: Batch) -> Tensor:
+        """[B, d] from the item-side fields only (``dense`` still has every column, in schema
+        order; only the item-side ones are read), so the catalogue is embedded once."""
+        return self._retrieval_head().item_vectors(self.features(batch, ("item",))["item"])
+
+    @torch.no_grad()
+    def predict_proba(self, batch: Batch) -> dict[str, Tensor]:
+        """Task -> probability [B], in eval mode (no dropout); the previous mode is restored."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self._rank(self.features(batch, self.input_sides))
+        finally:
+            self.train(was_training)
+        probs = {t: torch.sigmoid(logit) for t, logit in out.logits.items()}
+        if self.esmm_tasks is not None:
+            ctr, ctcvr = self.esmm_tasks
+            probs[ctcvr] = ctcvr_prob(out.logits[ctr], out.cvr_logit)
+        return probs
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The embedding tables when they take sparse gradients (SparseAdam's parameters)."""
+        return self.features.sparse_parameters() if self.cfg.embedding.sparse else []
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        sparse = {id(p) for p in self.sparse_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
+
+    def _rank(self, parts: dict[str, Tensor]) -> ModelOutput:
+        x = torch.cat([parts[s] for s in self.input_sides], dim=1)
+        logits = {t: self.towers[t](h) for t, h in zip(self.tasks, self.backbone(x))}
+        if self.esmm_tasks is None:
+            return ModelOutput(logits)
+        ctr, ctcvr = self.esmm_tasks
+        cvr = logits[ctcvr]
+        logits[ctcvr] = ctcvr_logit(logits[ctr], cvr)
+        return ModelOutput(logits, cvr_logit=cvr)
+
+    def _retrieval_head(self) -> TwoTower:
+        if self.retrieval is None:
+            raise RuntimeError("the retrieval head is disabled (retrieval.enabled: false)")
+        return self.retrieval
+
+
+def build_model(
+    model_cfg: ModelConfig, fields: Sequence[Field], feature_stats: Mapping[str, Sequence[float]] | None
+) -> MultiTaskRecModel:
+    """The model for ``fields`` (e.g. mtl.features.schema.model_fields()).
+
+    ``feature_stats`` holds ``dense_mean`` and ``dense_std`` per dense field in log1p space (see
+    mtl.models.features.dense_feature_stats); None leaves the dense inputs at log1p only.
+    """
+    check_model_config(model_cfg)
+    return MultiTaskRecModel(fields, model_cfg, feature_stats)
