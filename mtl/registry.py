@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import mlflow
 import numpy as np
 import torch
 from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
 from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
@@ -322,7 +322,7 @@ def load_version(cfg: Config, version: Optional[str] = None, alias: Optional[str
     _check_version(client, name, version)
     source = client.get_model_version_download_uri(name, version)
     with tempfile.TemporaryDirectory(prefix="mtl-model-") as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri(cfg))
+        local = download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri(cfg))
         artifact = load_artifact(local)
     return dataclasses.replace(artifact, version=str(version))
 
@@ -339,7 +339,7 @@ def set_champion(cfg: Config, version: str) -> None:
     _check_version(client, name, version)
     previous = _alias_version(client, name, alias)
     client.set_registered_model_alias(name, alias, str(version))
-    log.info("%r alias %r: version %s -> %s", name, alias, previous, version)
+    log.info("%r alias %r now points at version %s (before: %s)", name, alias, version, previous or "none")
 
 
 def latest_version(cfg: Config) -> Optional[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
+import pytest
 import torch
 
 from mtl.features.schema import MISSING_LABEL, Field
@@ -33,6 +34,16 @@ FIELDS: tuple[Field, ...] = (
     Field("uc_cycle_ratio", "dense", "pair"),
 )
 TASKS = ("click", "purchase", "repurchase_7d")
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """The test models are tiny: a second OpenMP thread buys nothing and, on a shared 2-core
+    machine, makes every op wait for a free core (30x slower steps were measured under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def model_config(name: str = "mmoe", *overrides: str) -> ModelConfig:

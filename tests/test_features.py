@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
-from helpers import read_table, runs, write_events
+from tests.helpers import read_table, runs, write_events
 from mtl.features.job import build_features, main
 from mtl.features.schema import HISTORY_LENGTH, dense_columns
 from mtl.features.transforms import id_hash
@@ -42,7 +42,7 @@ def ds_rows(spark, cfg, spec, ds=D):
 def built(spark, tmp_path_factory):
     from mtl.config import load_config
 
-    from conftest import LOCAL_CONF, TEST_OVERRIDES
+    from tests.conftest import LOCAL_CONF, TEST_OVERRIDES
 
     cfg = load_config(LOCAL_CONF, TEST_OVERRIDES + [f"storage.warehouse={tmp_path_factory.mktemp('feat')}/wh"])
     write_events(spark, cfg, HAND_LOG)

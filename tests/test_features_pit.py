@@ -8,8 +8,8 @@ import random
 import pytest
 from pyspark.sql import functions as F
 
-from conftest import LOCAL_CONF, TEST_OVERRIDES
-from helpers import read_table, write_events
+from tests.conftest import LOCAL_CONF, TEST_OVERRIDES
+from tests.helpers import read_table, write_events
 from mtl.config import load_config
 from mtl.features.job import build_features, main
 from mtl.features.schema import LABELS, dense_columns
