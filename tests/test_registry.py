@@ -15,7 +15,6 @@ from mtl.errors import InputError, JobError
 ROOT = Path(__file__).resolve().parents[1]
 
 # SQLAlchemy deprecation raised inside MLflow's own store module; nothing this project can change.
-pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
 
 class TinyModel(torch.nn.Module):
