@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from delta.tables import DeltaTable
@@ -74,8 +75,14 @@ def insert_new_rows(
     return int(last.get("numTargetRowsInserted", 0))
 
 
-def replace_partition(spark: SparkSession, df: DataFrame, spec: TableSpec, path: str, value) -> int:
-    """Replace one partition (e.g. ``ds = D``) with ``df`` in one transaction; returns the new version.
+@dataclass(frozen=True)
+class Commit:
+    version: int
+    rows_written: int
+
+
+def replace_partition(spark: SparkSession, df: DataFrame, spec: TableSpec, path: str, value) -> Commit:
+    """Replace one partition (e.g. ``ds = D``) with ``df`` in one transaction.
 
     Readers see either the old partition or the new one, never a mix; rows of ``df`` outside the
     partition make Delta fail the write instead of touching other partitions.
@@ -90,4 +97,5 @@ def replace_partition(spark: SparkSession, df: DataFrame, spec: TableSpec, path:
         .option("replaceWhere", f"{partition_col} = '{literal}'")
         .save(path)
     )
-    return table_version(spark, path)
+    last = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics").first()
+    return Commit(version=last["version"], rows_written=int(last["operationMetrics"].get("numOutputRows", 0)))

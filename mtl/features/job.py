@@ -141,30 +141,26 @@ def build_features(spark: SparkSession, cfg: Config, ds: dt.date) -> FeatureResu
                 (TRAINING_EXAMPLES, frames.examples),
             ):
                 log.info("ds %s: writing %s", ds, spec.name)
-                result.versions[spec.name] = delta_io.replace_partition(
-                    spark, df.withColumn("ds", F.lit(ds)), spec, spec.path(cfg.storage), ds
-                )
+                _record(result, spec, delta_io.replace_partition(spark, df.withColumn("ds", F.lit(ds)), spec,
+                                                                 spec.path(cfg.storage), ds))
         finally:
             spark.catalog.clearCache()
-        written = {
-            spec.name: spark.read.format("delta").load(spec.path(cfg.storage)).where(F.col("ds") == F.lit(ds))
-            for spec in (USER_FEATURES, ITEM_FEATURES, USER_CATEGORY_FEATURES, TRAINING_EXAMPLES)
-        }
-        stats = spark.createDataFrame(
-            [dict(r, ds=ds) for r in feature_stats(written[TRAINING_EXAMPLES.name])], schema=FEATURE_STATS.schema
-        )
-        result.versions[FEATURE_STATS.name] = delta_io.replace_partition(
-            spark, stats, FEATURE_STATS, FEATURE_STATS.path(cfg.storage), ds
-        )
-        for name, df in written.items():
-            result.rows[name] = df.count()
-        result.rows[FEATURE_STATS.name] = stats.count()
+        # Statistics of what was written, read back from the table rather than recomputed.
+        examples = spark.read.format("delta").load(TRAINING_EXAMPLES.path(cfg.storage)).where(F.col("ds") == F.lit(ds))
+        stats = spark.createDataFrame([dict(r, ds=ds) for r in feature_stats(examples)], schema=FEATURE_STATS.schema)
+        _record(result, FEATURE_STATS, delta_io.replace_partition(spark, stats, FEATURE_STATS,
+                                                                  FEATURE_STATS.path(cfg.storage), ds))
         run.tables_written = dict(result.versions)
         run.output_rows = result.rows[TRAINING_EXAMPLES.name]
         run.details.update(
             rows=result.rows, exposure_source=result.exposure_source, observed_until=result.observed_until
         )
     return result
+
+
+def _record(result: FeatureResult, spec, commit: delta_io.Commit) -> None:
+    result.versions[spec.name] = commit.version
+    result.rows[spec.name] = commit.rows_written
 
 
 def summarize(results: list[FeatureResult]) -> str:
