@@ -171,7 +171,7 @@ def iterate(data: dict[str, torch.Tensor], batch_size: int, shuffle: bool = True
 
 
 class RowDataset(torch.utils.data.Dataset):
-    """One row per item, for a plain torch DataLoader."""
+    """The rows of a batch dict as a map-style dataset, for a plain torch DataLoader."""
 
     def __init__(self, data: dict[str, torch.Tensor]) -> None:
         self.data = data

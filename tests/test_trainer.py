@@ -157,12 +157,12 @@ def test_resume_fails_when_the_data_is_shorter_than_the_checkpoint_says(world, t
         _trainer(cfg, train).fit(lambda epoch: iterate(shorter, 100), resume_from=tmp_path / CHECKPOINT_NAME)
 
 
-def test_early_stopping_keeps_the_best_weights(world):
+def test_early_stopping_keeps_the_best_weights(world, tmp_path):
     # Few rows and fast sparse updates: the id embeddings overfit after a few epochs.
     train = world.sample(2_000, seed=1)[0]
     val = world.sample(4_000, seed=2)[0]
     cfg = model_config("mmoe", "trainer.epochs=20", "trainer.patience=2", "optimizer.sparse_lr=0.3", "optimizer.lr=0.01")
-    trainer = _trainer(cfg, train)
+    trainer = _trainer(cfg, train, checkpoint_dir=tmp_path)
     val_batches = list(iterate(val, 2000, shuffle=False))
     result = trainer.fit(lambda epoch: iterate(train, 100), val_batches)
 
@@ -171,6 +171,12 @@ def test_early_stopping_keeps_the_best_weights(world):
     assert result.best_epoch == int(np.argmax(curve)) == result.epochs_run - 1 - cfg.trainer.patience
     assert result.best_metric == max(curve)
     assert trainer.validate(val_batches)["mean_auc"] == pytest.approx(result.best_metric, abs=1e-12)
+
+    # Resuming the finished run trains no further and restores the same best weights.
+    again = _trainer(cfg, train, seed=5)
+    resumed = again.fit(lambda epoch: iterate(train, 100), val_batches, resume_from=tmp_path / CHECKPOINT_NAME)
+    assert (resumed.epochs_run, resumed.global_step, resumed.stopped_early) == (result.epochs_run, result.global_step, True)
+    assert all(torch.equal(x, y) for x, y in zip(trainer.model.state_dict().values(), again.model.state_dict().values()))
 
 
 def test_logs_per_task_losses_and_validation_metrics_and_saves_a_safe_checkpoint(world, tmp_path):

@@ -97,6 +97,7 @@ class OptimizerConfig:
 @dataclass(frozen=True)
 class TrainerConfig:
     epochs: int = 10
+    # rows per batch, for the data loader that feeds the trainer
     batch_size: int = 2048
     # max global norm of the dense gradients; null disables clipping
     grad_clip_norm: Optional[float] = 10.0

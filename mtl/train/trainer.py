@@ -14,7 +14,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol, Union
@@ -183,7 +183,8 @@ class Trainer:
         """Train for ``trainer.epochs`` epochs (fewer if early stopping triggers), then leave the
         best weights by the validation metric in the model."""
         progress = self._restore(resume_from) if resume_from else _Progress()
-        stopped_early = False
+        # A checkpoint written by the epoch that ran out of patience resumes as stopped.
+        stopped_early = progress.epochs_without_improvement >= self.cfg.patience
         while progress.epoch < self.cfg.epochs and not stopped_early:
             self._train_epoch(train, progress)
             progress.epoch += 1
@@ -204,7 +205,8 @@ class Trainer:
 
     def _train_epoch(self, train: BatchSource, progress: _Progress) -> None:
         seed_everything(epoch_seed(self.cfg.seed, progress.epoch))
-        batches: Iterator[Batch] = iter(_batches(train, progress.epoch))
+        source = _batches(train, progress.epoch)
+        batches: Iterator[Batch] = iter(source)
         if progress.step_in_epoch:
             consumed = sum(1 for _ in itertools.islice(batches, progress.step_in_epoch))
             if consumed < progress.step_in_epoch:
@@ -218,7 +220,7 @@ class Trainer:
         window_steps, window_rows, window_start = 0, 0, time.perf_counter()
         bar = tqdm(
             batches, desc=f"epoch {progress.epoch + 1}/{self.cfg.epochs}", initial=progress.step_in_epoch,
-            disable=not self.show_progress, leave=False,
+            total=len(source) if isinstance(source, Sized) else None, disable=not self.show_progress, leave=False,
         )
         for batch in bar:
             parts = self._step(batch)

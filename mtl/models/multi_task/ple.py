@@ -38,17 +38,17 @@ class CGCLevel(nn.Module):
         self.out_dim = self.experts.out_dim
 
     def forward(self, inputs: Tensor) -> Tensor:
-        """inputs [B, in] (first level: all the same) or [T + 1, B, in] -> [T (+ 1), B, out]."""
-        expert_in = inputs if inputs.dim() == 2 else inputs.index_select(0, self.expert_input)
-        experts = self.experts(expert_in)  # [n, B, H]
-        task_in = [inputs] * (self.n_tasks + 1) if inputs.dim() == 2 else inputs.unbind(0)
+        """inputs [B, in] (first level: all the same) or [B, T + 1, in] -> [B, T (+ 1), out]."""
+        expert_in = inputs if inputs.dim() == 2 else inputs.index_select(1, self.expert_input)
+        experts = self.experts(expert_in)  # [B, n, H]
+        task_in = [inputs] * (self.n_tasks + 1) if inputs.dim() == 2 else inputs.unbind(1)
         outputs = [
-            mix_experts(gate(task_in[t]).unsqueeze(1), experts.index_select(0, self.task_experts[t])).squeeze(1)
+            mix_experts(gate(task_in[t]).unsqueeze(1), experts.index_select(1, self.task_experts[t])).squeeze(1)
             for t, gate in enumerate(self.task_gates)
         ]
         if self.shared_gate is not None:
             outputs.append(mix_experts(self.shared_gate(task_in[-1]).unsqueeze(1), experts).squeeze(1))
-        return torch.stack(outputs)
+        return torch.stack(outputs, dim=1)
 
 
 class PLE(nn.Module):
@@ -74,4 +74,4 @@ class PLE(nn.Module):
         """One representation per task, [B, out_dim] each."""
         for level in self.levels:
             x = level(x)
-        return list(x.unbind(0))
+        return list(x.unbind(1))
