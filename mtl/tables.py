@@ -195,6 +195,21 @@ USER_CATEGORY_FEATURES = TableSpec(
     ),
 )
 
+USER_ITEM_FEATURES = TableSpec(
+    name="user_item_features",
+    comment="One row per (user, item) pair with events in the history window before ds.",
+    partition_by=("ds",),
+    columns=(
+        Column("user_id", T.StringType(), False, "User id."),
+        Column("item_id", T.StringType(), False, "Item id."),
+        Column("category_id", T.StringType(), True, "The item's category as recorded on the pair's events."),
+        *_dense(fs.USER_ITEM_DENSE),
+        Column("ui_last_interaction_ts", T.TimestampType(), True, "The user's last interaction with the item (UTC)."),
+        Column("ui_last_purchase_ts", T.TimestampType(), True, "The user's last purchase of the item (UTC)."),
+        DS,
+    ),
+)
+
 TRAINING_EXAMPLES = TableSpec(
     name="training_examples",
     comment=(
@@ -243,11 +258,14 @@ FEATURE_STATS = TableSpec(
         Column("log_mean", T.DoubleType(), True, "Dense: mean of log1p(max(x, 0)), what the model standardises."),
         Column("log_stddev", T.DoubleType(), True, "Dense: standard deviation of log1p(max(x, 0))."),
         Column("approx_distinct", T.LongType(), True, "Categorical: approximate number of distinct ids."),
+        Column("default_value", T.DoubleType(), True, "Dense: the value a user, item or pair without history gets."),
         DS,
     ),
 )
 
-FEATURE_TABLES = (USER_FEATURES, ITEM_FEATURES, USER_CATEGORY_FEATURES, TRAINING_EXAMPLES, FEATURE_STATS)
+FEATURE_TABLES = (
+    USER_FEATURES, ITEM_FEATURES, USER_CATEGORY_FEATURES, USER_ITEM_FEATURES, TRAINING_EXAMPLES, FEATURE_STATS,
+)
 ALL_TABLES = (EVENTS, EVENTS_QUARANTINE, PIPELINE_RUNS, *FEATURE_TABLES)
 
 

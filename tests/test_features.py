@@ -11,7 +11,9 @@ from tests.helpers import read_table, runs, write_events
 from mtl.features.job import build_features, main
 from mtl.features.schema import HISTORY_LENGTH, dense_columns
 from mtl.features.transforms import id_hash
-from mtl.tables import FEATURE_STATS, ITEM_FEATURES, TRAINING_EXAMPLES, USER_CATEGORY_FEATURES, USER_FEATURES
+from mtl.tables import (
+    FEATURE_STATS, ITEM_FEATURES, TRAINING_EXAMPLES, USER_CATEGORY_FEATURES, USER_FEATURES, USER_ITEM_FEATURES,
+)
 
 D = dt.date(2024, 3, 10)
 
@@ -85,6 +87,9 @@ def test_item_and_user_category_features_exact(spark, built):
     assert i1["i_cvr_30d"] == pytest.approx(12 / 22)
     assert i1["category_id"] == "c1"
 
+    ui = ds_rows(spark, cfg, USER_ITEM_FEATURES).where("user_id = 'u1' AND item_id = 'i1'").first()
+    assert (ui.ui_interactions_30d, ui.ui_purchase_days, ui.ui_days_since_last_purchase) == (3, 2, 2)
+
     uc = ds_rows(spark, cfg, USER_CATEGORY_FEATURES).where("user_id = 'u1' AND category_id = 'c1'").first().asDict()
     assert [uc[f"uc_interactions_{w}d"] for w in (1, 3, 7, 30)] == [1, 2, 2, 4]
     assert [uc[f"uc_purchases_{w}d"] for w in (1, 3, 7, 30)] == [0, 1, 1, 2]
@@ -139,6 +144,8 @@ def test_feature_stats_and_run_record(spark, built):
     assert set(stats) == set(dense_columns()) | {"user_hash", "item_hash", "category_hash"}
     mean_views = examples.agg(F.mean("u_view_30d")).first()[0]
     assert stats["u_view_30d"].mean == pytest.approx(mean_views) and stats["u_view_30d"]["count"] == n
+    assert stats["u_days_since_last_event"].default_value == cfg.features.history_days
+    assert stats["u_cvr_30d"].default_value == pytest.approx(0.5)  # the global rate
     record = runs(spark, cfg).where("job = 'build_features'").first()
     assert record.status == "succeeded" and record.output_rows == n == result.rows["training_examples"]
 

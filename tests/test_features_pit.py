@@ -13,10 +13,12 @@ from tests.helpers import read_table, write_events
 from mtl.config import load_config
 from mtl.features.job import build_features, main
 from mtl.features.schema import LABELS, dense_columns
-from mtl.tables import FEATURE_STATS, ITEM_FEATURES, TRAINING_EXAMPLES, USER_CATEGORY_FEATURES, USER_FEATURES
+from mtl.tables import (
+    FEATURE_STATS, ITEM_FEATURES, TRAINING_EXAMPLES, USER_CATEGORY_FEATURES, USER_FEATURES, USER_ITEM_FEATURES,
+)
 
 D = dt.date(2024, 3, 15)
-FEATURE_TABLES = (USER_FEATURES, ITEM_FEATURES, USER_CATEGORY_FEATURES)
+FEATURE_TABLES = (USER_FEATURES, ITEM_FEATURES, USER_CATEGORY_FEATURES, USER_ITEM_FEATURES)
 TYPES = ("impression", "view", "click", "fav", "cart", "purchase")
 
 

@@ -21,34 +21,10 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from mtl.config import FeaturesConfig
-from mtl.features.schema import (
-    HISTORY_LENGTH,
-    INTERACTION_TYPES,
-    ITEM_DENSE,
-    PAD_HASH,
-    REPURCHASE_HORIZONS_DAYS,
-    ROW_KINDS,
-    TOP_CATEGORIES,
-    USER_CATEGORY_DENSE,
-    USER_DENSE,
-    USER_ITEM_DENSE,
-)
-from mtl.features.transforms import RATE_WINDOW_DAYS, Priors, id_hash
+from mtl.features.schema import INTERACTION_TYPES, REPURCHASE_HORIZONS_DAYS
+from mtl.features.transforms import RATE_WINDOW_DAYS
 
 LABEL_HORIZON_COLUMNS = {n: f"repurchase_{n}d" for n in REPURCHASE_HORIZONS_DAYS}
-
-
-def feature_defaults(p: Priors, cap: int) -> dict[str, float]:
-    """Values for users, items and pairs with no history before D: never null."""
-    defaults = {c: 0.0 for c in USER_DENSE + ITEM_DENSE + USER_CATEGORY_DENSE + USER_ITEM_DENSE}
-    for col in ("u_days_since_last_event", "u_days_since_last_purchase", "u_mean_purchase_interval_days",
-                "i_days_since_last_event", "uc_days_since_last_purchase", "uc_mean_purchase_interval_days",
-                "ui_days_since_last_purchase"):
-        defaults[col] = float(cap)
-    defaults["u_ctr_30d"] = defaults["i_ctr_30d"] = p.ctr if p.has_impressions else 0.0
-    defaults["u_cvr_30d"] = defaults["i_cvr_30d"] = p.cvr
-    defaults["i_repurchase_rate"] = p.repurchase_rate
-    return defaults
 
 
 def day_has_impressions(day: DataFrame) -> bool:
@@ -187,49 +163,4 @@ def repurchase_rows(
     )
     return items.withColumn("day_category_id", F.lit(None).cast("string")).unionByName(cats).select(
         "*", *no_exposure_labels
-    )
-
-
-def _padded_hashes(ids: Column, length: int) -> Column:
-    """Fixed-length array of id hashes, padded with PAD_HASH (Petastorm and the model want fixed shapes)."""
-    hashed = F.transform(F.coalesce(ids, F.array().cast("array<string>")), lambda x: id_hash(x))
-    return F.slice(F.concat(hashed, F.array_repeat(F.lit(PAD_HASH).cast("long"), length)), 1, length)
-
-
-def assemble(
-    rows: DataFrame,
-    users: DataFrame,
-    items: DataFrame,
-    user_cats: DataFrame,
-    pairs: DataFrame,
-    defaults: dict[str, float],
-) -> DataFrame:
-    """Join the as-of-D features onto the example rows; fill defaults; add id hashes."""
-    item_side = items.select("item_id", F.col("category_id").alias("item_category_id"), *ITEM_DENSE)
-    joined = (
-        rows.join(users, "user_id", "left")
-        .join(item_side, "item_id", "left")
-        .withColumn("category_id", F.coalesce("item_category_id", "day_category_id"))
-        .join(user_cats.select("user_id", "category_id", *USER_CATEGORY_DENSE), ["user_id", "category_id"], "left")
-        .join(pairs.select("user_id", "item_id", *USER_ITEM_DENSE), ["user_id", "item_id"], "left")
-    )
-    kind_code = F.array_position(F.array(*[F.lit(k) for k in ROW_KINDS]), F.col("row_kind")).cast("long")
-    return joined.select(
-        "user_id",
-        "item_id",
-        "category_id",
-        "row_kind",
-        "is_sampled_negative",
-        id_hash(F.col("user_id")).alias("user_hash"),
-        id_hash(F.col("item_id")).alias("item_hash"),
-        id_hash(F.col("category_id")).alias("category_hash"),
-        kind_code.alias("row_kind_code"),
-        _padded_hashes(F.col("hist_item_ids"), HISTORY_LENGTH).alias("hist_item_hashes"),
-        _padded_hashes(F.col("hist_category_ids"), HISTORY_LENGTH).alias("hist_category_hashes"),
-        F.size(F.coalesce("hist_item_ids", F.array())).cast("int").alias("hist_length"),
-        _padded_hashes(F.col("u_top_category_ids"), TOP_CATEGORIES).alias("u_top_category_hashes"),
-        *[F.coalesce(F.col(c).cast("double"), F.lit(v)).alias(c) for c, v in defaults.items()],
-        "click",
-        "purchase",
-        *LABEL_HORIZON_COLUMNS.values(),
     )

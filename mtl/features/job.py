@@ -22,6 +22,7 @@ from mtl.cli import job_parser, parse_ds, run_job
 from mtl.config import Config
 from mtl.errors import InputError
 from mtl.features import examples as ex
+from mtl.features.assemble import feature_defaults, model_inputs
 from mtl.features import transforms as tf
 from mtl.features.schema import dense_columns
 from mtl.runs import RunRecorder
@@ -32,6 +33,7 @@ from mtl.tables import (
     TRAINING_EXAMPLES,
     USER_CATEGORY_FEATURES,
     USER_FEATURES,
+    USER_ITEM_FEATURES,
 )
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,9 @@ class FeatureFrames:
     users: DataFrame
     items: DataFrame
     user_categories: DataFrame
+    user_items: DataFrame
     examples: DataFrame
+    defaults: dict[str, float]
     exposure_source: str
 
 
@@ -87,12 +91,16 @@ def compute(events: DataFrame, ds: dt.date, observed_until: Optional[dt.date], c
     if exposures is not None:
         no_repurchase_labels = [F.lit(None).cast("int").alias(c) for c in ex.LABEL_HORIZON_COLUMNS.values()]
         rows = exposures.select("*", F.lit("exposure").alias("row_kind"), *no_repurchase_labels).unionByName(rows)
-    examples = ex.assemble(rows, users, items, user_cats, pairs, ex.feature_defaults(priors, fc.history_days))
-    return FeatureFrames(users, items, user_cats, examples, source)
+    user_items = tf.user_item_features(pairs)
+    defaults = feature_defaults(priors, fc.history_days)
+    passthrough = ("is_sampled_negative", "click", "purchase", *ex.LABEL_HORIZON_COLUMNS.values())
+    examples = model_inputs(rows, users, items, user_cats, user_items, defaults, passthrough)
+    return FeatureFrames(users, items, user_cats, user_items, examples, defaults, source)
 
 
-def feature_stats(examples: DataFrame) -> DataFrame:
-    """One row per dense and id column: what the model standardises with."""
+def feature_stats(examples: DataFrame, defaults: dict[str, float]) -> list[dict]:
+    """One row per dense and id column: what the model standardises with, and the value
+    that fills a missing feature."""
     aggs = [F.count(F.lit(1)).alias("count")]
     for c in dense_columns():
         logged = F.log1p(F.greatest(F.col(c), F.lit(0.0)))
@@ -109,11 +117,12 @@ def feature_stats(examples: DataFrame) -> DataFrame:
     out = []
     for c in dense_columns():
         out.append(
-            {"column": c, "kind": "dense", "count": row["count"], "approx_distinct": None}
+            {"column": c, "kind": "dense", "count": row["count"], "approx_distinct": None, "default_value": defaults[c]}
             | {k: row[f"{c}__{k}"] for k in ("mean", "stddev", "min", "max", "log_mean", "log_stddev")}
         )
     for c in CATEGORICAL_STATS:
-        out.append({"column": c, "kind": "categorical", "count": row["count"], "approx_distinct": row[f"{c}__approx_distinct"]})
+        out.append({"column": c, "kind": "categorical", "count": row["count"],
+                    "approx_distinct": row[f"{c}__approx_distinct"], "default_value": None})
     return out
 
 
@@ -138,6 +147,7 @@ def build_features(spark: SparkSession, cfg: Config, ds: dt.date) -> FeatureResu
                 (USER_FEATURES, frames.users),
                 (ITEM_FEATURES, frames.items),
                 (USER_CATEGORY_FEATURES, frames.user_categories),
+                (USER_ITEM_FEATURES, frames.user_items),
                 (TRAINING_EXAMPLES, frames.examples),
             ):
                 log.info("ds %s: writing %s", ds, spec.name)
@@ -147,7 +157,7 @@ def build_features(spark: SparkSession, cfg: Config, ds: dt.date) -> FeatureResu
             spark.catalog.clearCache()
         # Statistics of what was written, read back from the table rather than recomputed.
         examples = spark.read.format("delta").load(TRAINING_EXAMPLES.path(cfg.storage)).where(F.col("ds") == F.lit(ds))
-        stats = spark.createDataFrame([dict(r, ds=ds) for r in feature_stats(examples)], schema=FEATURE_STATS.schema)
+        stats = spark.createDataFrame([dict(r, ds=ds) for r in feature_stats(examples, frames.defaults)], schema=FEATURE_STATS.schema)
         _record(result, FEATURE_STATS, delta_io.replace_partition(spark, stats, FEATURE_STATS,
                                                                   FEATURE_STATS.path(cfg.storage), ds))
         run.tables_written = dict(result.versions)

@@ -25,6 +25,7 @@ from mtl.features.schema import (
     RATE_WINDOW_DAYS,
     REPURCHASE_HORIZONS_DAYS,
     TOP_CATEGORIES,
+    USER_ITEM_DENSE,
     WINDOWS_DAYS,
 )
 
@@ -147,6 +148,15 @@ def user_item_pairs(grain: DataFrame, cap: int) -> DataFrame:
         F.sum("price_n").alias("price_n"),
         F.min("first_ts").alias("first_ts"),
         F.min(AGE).alias("last_age"),
+    )
+
+
+def user_item_features(pairs: DataFrame) -> DataFrame:
+    """The published (user, item) facts: what scoring joins onto candidate pairs."""
+    return pairs.select(
+        "user_id", "item_id", "category_id", *USER_ITEM_DENSE,
+        F.col("last_interaction_ts").alias("ui_last_interaction_ts"),
+        F.col("last_purchase_ts").alias("ui_last_purchase_ts"),
     )
 
 
