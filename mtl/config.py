@@ -197,6 +197,11 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     return cfg
 
 
+def parse_typed(cls: Any, raw: dict[str, Any]) -> Any:
+    """Build the dataclass ``cls`` from a plain mapping (e.g. read back from JSON), with the same checks."""
+    return _convert(cls, raw, "")
+
+
 def load_typed(cls: Any, path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Any:
     """Load a YAML file (following ``extends``) into the dataclass ``cls``, with overrides.
 

@@ -24,7 +24,16 @@ from mtl import delta_io
 from mtl.data.loader import ExampleBatches, in_memory_batches, input_columns, row_count
 from mtl.data.snapshot import describe_days, snapshot_files
 from mtl.errors import InputError
-from mtl.features.schema import HISTORY_LENGTH, LABELS, MISSING_LABEL, PAD_HASH, TOP_CATEGORIES, Field, dense_columns, model_fields
+from mtl.features.schema import (
+    HISTORY_LENGTH,
+    LABELS,
+    MISSING_LABEL,
+    PAD_HASH,
+    TOP_CATEGORIES,
+    Field,
+    dense_columns,
+    model_fields,
+)
 from mtl.tables import TRAINING_EXAMPLES
 
 A = dt.date(2024, 3, 10)
@@ -49,6 +58,7 @@ def example(i: int, ds: dt.date) -> dict:
     """Row ``i`` of training_examples. Labels have nulls in varied patterns; repurchase_30d has
     none on day B, so Petastorm hands it over as int32 there and as float64 with NaN on day A."""
     history = i % (HISTORY_LENGTH + 1)
+    padding = [PAD_HASH] * (HISTORY_LENGTH - history)
     row = {
         "user_id": f"u{i}",
         "item_id": f"i{i}",
@@ -59,8 +69,8 @@ def example(i: int, ds: dt.date) -> dict:
         "item_hash": signed_hash(i, 2),
         "category_hash": PAD_HASH if i % 7 == 0 else signed_hash(i % 7, 3),
         "row_kind_code": i % 3 + 1,
-        "hist_item_hashes": [signed_hash(i * 100 + k, 4) for k in range(history)] + [PAD_HASH] * (HISTORY_LENGTH - history),
-        "hist_category_hashes": [signed_hash(k, 3) for k in range(history)] + [PAD_HASH] * (HISTORY_LENGTH - history),
+        "hist_item_hashes": [signed_hash(i * 100 + k, 4) for k in range(history)] + padding,
+        "hist_category_hashes": [signed_hash(k, 3) for k in range(history)] + padding,
         "hist_length": history,
         "u_top_category_hashes": [signed_hash(i % 5 + k, 3) for k in range(TOP_CATEGORIES)],
         "click": [None, 0, 1][i % 3],

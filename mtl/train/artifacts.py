@@ -1,0 +1,62 @@
+"""The model's side of an artifact: feature statistics in, a ready model out.
+
+``mtl.registry`` stores and versions the four files; this module decides what goes into
+``feature_stats.json`` and ``model_config.json`` and rebuilds the exact model from them, so
+training, evaluation and scoring cannot disagree on normalisation or architecture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from mtl.config import Config, parse_typed
+from mtl.errors import InputError
+from mtl.features.schema import dense_columns, model_fields
+from mtl.models.config import ModelConfig, check_model_config
+from mtl.models.model import MultiTaskRecModel, build_model
+from mtl.registry import Artifact, save_artifact
+from mtl.tables import FEATURE_STATS
+
+
+def read_feature_stats(spark: SparkSession, cfg: Config, ds: dt.date) -> dict[str, Any]:
+    """The model's normalisation (log1p space) and fill values, from feature_stats of ``ds``."""
+    rows = {
+        r["column"]: r
+        for r in spark.read.format("delta").load(FEATURE_STATS.path(cfg.storage))
+        .where((F.col("ds") == F.lit(ds)) & (F.col("kind") == "dense"))
+        .collect()
+    }
+    missing = [c for c in dense_columns() if c not in rows]
+    if missing:
+        raise InputError(f"feature_stats has no statistics for ds {ds} (missing {missing[:3]}...): run build_features")
+    cols = dense_columns()
+    return {
+        "ds": ds.isoformat(),
+        "dense_columns": list(cols),
+        "dense_mean": [float(rows[c]["log_mean"] or 0.0) for c in cols],
+        "dense_std": [float(rows[c]["log_stddev"] or 0.0) for c in cols],
+        "defaults": {c: float(rows[c]["default_value"]) for c in cols},
+    }
+
+
+def save_model(folder: str | Path, model: MultiTaskRecModel, model_cfg: ModelConfig, feature_stats: dict[str, Any],
+               metadata: dict[str, Any]) -> Path:
+    return save_artifact(folder, model.state_dict(), dataclasses.asdict(model_cfg), feature_stats, metadata)
+
+
+def load_model(artifact: Artifact) -> MultiTaskRecModel:
+    """Rebuild the model of an artifact and load its weights (strict: every tensor must match)."""
+    stats = artifact.feature_stats
+    if list(stats.get("dense_columns", [])) != list(dense_columns()):
+        raise InputError("the artifact was trained on other dense columns than this code's feature schema")
+    model_cfg = parse_typed(ModelConfig, artifact.model_config)
+    check_model_config(model_cfg)
+    model = build_model(model_cfg, model_fields(), stats)
+    model.load_state_dict(artifact.state_dict, strict=True)
+    return model.eval()
