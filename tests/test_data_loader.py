@@ -185,6 +185,24 @@ def test_in_memory_batches_convert_like_the_files():
     assert_same(by_user(shuffled), expected((A, NEW_A)))
 
 
+def test_misshapen_columns_are_rejected_with_their_name():
+    frame = pd.DataFrame([example(i, A) for i in NEW_A])[input_columns()]
+    ragged = frame.copy()
+    ragged.at[3, "hist_item_hashes"] = [1, 2]
+    with pytest.raises(InputError, match="hist_item_hashes: rows hold sequences of different lengths"):
+        next(in_memory_batches(ragged, 8))
+    short = frame.copy()
+    short["u_top_category_hashes"] = [h[:2] for h in short["u_top_category_hashes"]]
+    with pytest.raises(InputError, match=r"u_top_category_hashes: expected 3 integer hashes per row, got int64 of shape \(45, 2\)"):
+        next(in_memory_batches(short, 8))
+    nulls = frame.copy()
+    nulls.loc[0, "item_hash"] = None  # a null turns the column into float
+    with pytest.raises(InputError, match="item_hash: expected one integer hash per row, got float64"):
+        next(in_memory_batches(nulls, 8))
+    with pytest.raises(InputError, match="lack the column.* click"):
+        next(in_memory_batches(frame.drop(columns="click"), 8))
+
+
 def test_two_shards_are_disjoint_and_cover_every_row(current):
     shards = [
         user_hashes(ExampleBatches(current.files, 16, shard=k, num_shards=2, seed=5, shuffle_buffer_rows=20))
