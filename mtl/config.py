@@ -145,6 +145,32 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+class TrainingConfig:
+    """The train job: which days it reads, how it launches workers (docs/training.md)."""
+
+    # --mode full trains on ds [D - window_days, D - 2] and validates on D - 1 (temporal split);
+    # D itself stays held out for evaluate --ds D.
+    window_days: int = 7
+    # --mode incremental warm-starts from the published model and trains on D - 1 only.
+    incremental_epochs: int = 1
+    # local: one process; horovodrun: this job was started by `horovodrun -np N`;
+    # spark: horovod.spark.run with num_proc workers on this job's Spark executors.
+    launcher: Literal["local", "horovodrun", "spark"] = "local"
+    num_proc: int = 2
+    # Multiply the learning rates by the number of workers (the effective batch grows with it).
+    scale_lr_with_workers: bool = True
+    sparse_as_dense: bool = False
+    # Seconds to wait for workers to start, and for a collective operation, before failing.
+    start_timeout_s: int = 120
+    collective_timeout_s: int = 300
+    reader_workers: int = 1
+    # Checkpoints go under <warehouse>/<checkpoint_dir>/<run key>; a rerun of the same run resumes.
+    checkpoint_dir: str = "_checkpoints"
+    # Threads per worker process for torch (None: torch's default).
+    torch_threads: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow tracking store and model registry."""
 
@@ -166,6 +192,7 @@ class Config:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     # The model's own YAML (architecture, embeddings, optimiser, trainer), relative to the working folder.
     model_config: str = "conf/models/mmoe.yaml"
 
@@ -356,6 +383,12 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError("ingest.max_quarantine_share: must be between 0 and 1")
     if cfg.spark.shuffle_partitions < 1:
         raise ConfigError("spark.shuffle_partitions: must be at least 1")
+    tr = cfg.training
+    for key in ("window_days", "num_proc", "start_timeout_s", "collective_timeout_s", "reader_workers"):
+        if getattr(tr, key) < 1:
+            raise ConfigError(f"training.{key}: must be at least 1")
+    if tr.window_days < 2:
+        raise ConfigError("training.window_days: must be at least 2 (training days plus the validation day)")
     feats = cfg.features
     for key in ("history_days", "sampling_slots", "repurchase_lookback_days"):
         if getattr(feats, key) < 1:

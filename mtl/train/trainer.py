@@ -54,6 +54,17 @@ class Optimizers:
 
     dense: torch.optim.Adam
     sparse: Optional[torch.optim.SparseAdam]
+    # Horovod-wrapped optimisers reduce gradients asynchronously from backward hooks: the
+    # reduction must finish (synchronize) before clipping, and step must not wait a second time.
+    distributed: bool = False
+
+    def _all(self) -> list[torch.optim.Optimizer]:
+        return [self.dense] + ([self.sparse] if self.sparse is not None else [])
+
+    def synchronize(self) -> None:
+        if self.distributed:
+            for opt in self._all():
+                opt.synchronize()
 
     def zero_grad(self) -> None:
         self.dense.zero_grad(set_to_none=True)
@@ -61,9 +72,12 @@ class Optimizers:
             self.sparse.zero_grad(set_to_none=True)
 
     def step(self) -> None:
-        self.dense.step()
-        if self.sparse is not None:
-            self.sparse.step()
+        for opt in self._all():
+            if self.distributed:
+                with opt.skip_synchronize():
+                    opt.step()
+            else:
+                opt.step()
 
     def state_dict(self) -> dict[str, Any]:
         return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict() if self.sparse else None}
@@ -167,9 +181,14 @@ class Trainer:
         metrics_logger: Optional[MetricsLogger] = None,
         checkpoint_dir: Optional[str | Path] = None,
         progress: Optional[bool] = None,
+        optimizers: Optional[Optimizers] = None,
+        is_chief: bool = True,
     ) -> None:
         self.model, self.loss_fn, self.cfg = model, loss_fn, cfg.trainer
-        self.optimizers = build_optimizers(model, loss_fn, cfg.optimizer)
+        # Distributed training passes Horovod-wrapped optimisers (mtl.train.distributed).
+        self.optimizers = optimizers or build_optimizers(model, loss_fn, cfg.optimizer)
+        # Only the chief (Horovod rank 0) writes checkpoints; every rank can resume from them.
+        self.is_chief = is_chief
         # SparseAdam normalises each row's step and torch has no norm for sparse gradients, so
         # clipping covers the dense parameters, where exploding updates come from.
         self._clipped = model.dense_parameters() + list(loss_fn.parameters())
@@ -244,6 +263,7 @@ class Trainer:
         loss = self.loss_fn(out, batch)
         self.optimizers.zero_grad()
         loss.total.backward()
+        self.optimizers.synchronize()
         if self.cfg.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self._clipped, self.cfg.grad_clip_norm)
         self.optimizers.step()
@@ -289,7 +309,7 @@ class Trainer:
     # ---- checkpoints
 
     def _save(self, progress: _Progress) -> None:
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or not self.is_chief:
             return
         save_checkpoint(self.checkpoint_path, {
             "model": self.model.state_dict(),

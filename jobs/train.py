@@ -1,0 +1,9 @@
+"""spark-submit / horovodrun entry point: training_examples -> a new registered model version.
+See `python jobs/train.py --help`."""
+
+import sys
+
+from mtl.train.job import main
+
+if __name__ == "__main__":
+    sys.exit(main())

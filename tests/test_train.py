@@ -1,0 +1,62 @@
+"""The train job on a small generated world: single process, resume, incremental, errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import torch
+
+from mtl import registry
+from mtl.errors import InputError
+from mtl.runs import RunRecorder  # noqa: F401  (pipeline_runs rows are checked through helpers)
+from mtl.train.artifacts import load_model
+from mtl.train.job import run_train
+from tests.generated import START, build_world, world_config
+from tests.helpers import runs
+
+D = START + dt.timedelta(days=8)  # trains on D-3..D-2, validates on D-1
+FEATURE_DAYS = [D - dt.timedelta(days=k) for k in (3, 2, 1)]
+
+
+@pytest.fixture(scope="module")
+def world(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_world")
+    return build_world(spark, world_config(root), FEATURE_DAYS)
+
+
+def test_full_training_registers_a_version_and_learns(spark, world):
+    result = run_train(spark, world, D, "full")
+    assert result.train_days == ((D - dt.timedelta(days=3)).isoformat(), (D - dt.timedelta(days=2)).isoformat())
+    assert result.val_day == (D - dt.timedelta(days=1)).isoformat()
+    assert result.final_metrics["click_auc"] > 0.6  # the generator's click signal is learnable
+    assert registry.champion_version(world) is None  # training never publishes
+    artifact = registry.load_version(world, version=result.model_version)
+    assert artifact.metadata["tables_read"]["training_examples"] == result.table_version
+    model = load_model(artifact)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    record = runs(spark, world).where("job = 'train'").orderBy("started_at").collect()[-1]
+    assert record.status == "succeeded" and record.model_version == result.model_version
+    assert record.tables_read["training_examples"] == result.table_version
+
+
+def test_incremental_needs_a_published_model_then_warm_starts(spark, world):
+    with pytest.raises(InputError, match="published model"):
+        run_train(spark, world, D, "incremental")
+    full = run_train(spark, world, D, "full")
+    registry.set_champion(world, full.model_version)
+    before = registry.load_version(world, version=full.model_version).state_dict
+    inc = run_train(spark, world, D, "incremental")
+    after = registry.load_version(world, version=inc.model_version).state_dict
+    assert inc.train_days == ((D - dt.timedelta(days=1)).isoformat(),) * 2
+    assert registry.champion_version(world) == full.model_version  # still the published one
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed, "incremental training must change the weights"
+    inc_meta = registry.load_version(world, version=inc.model_version).metadata
+    assert inc_meta["warm_start_version"] == full.model_version
+
+
+def test_missing_day_is_a_clear_error(spark, world):
+    late = D + dt.timedelta(days=5)
+    with pytest.raises(InputError, match="no rows for ds"):
+        run_train(spark, world, late, "full")
