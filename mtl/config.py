@@ -183,6 +183,142 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class AlsConfig:
+    """The ALS baseline (Spark MLlib, implicit feedback) for item recommendation."""
+
+    rank: int = 32
+    max_iter: int = 10
+    reg_param: float = 0.05
+    # confidence of an observed pair = 1 + alpha * interactions
+    alpha: float = 20.0
+    # fitted on the interactions of this many days before the evaluated ds
+    window_days: int = 30
+    seed: int = 13
+
+
+@dataclass(frozen=True)
+class TabularConfig:
+    """The per-task logistic regression / gradient-boosted trees baselines on the dense features."""
+
+    lr_max_iter: int = 100
+    lr_reg_param: float = 0.001
+    gbt_max_iter: int = 30
+    gbt_max_depth: int = 5
+    seed: int = 13
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """The evaluate job: metrics of a model version and its baselines on a held-out ds."""
+
+    # K of Recall@K, NDCG@K and HitRate@K
+    ks: list[int] = field(default_factory=lambda: [10, 20, 50])
+    # Leave items the user interacted with before ds out of the ranked lists (and out of the
+    # relevant items): measures discovery rather than re-finding.
+    exclude_seen: bool = False
+    baselines: list[
+        Literal["popularity", "category_popularity", "als", "logistic_regression", "gbt", "single_task",
+                "recency_frequency"]
+    ] = field(default_factory=lambda: ["popularity", "category_popularity", "als", "logistic_regression",
+                                       "single_task", "recency_frequency"])
+    # Epochs of the single-task twins; None: the candidate's own trainer.epochs.
+    twin_epochs: Optional[int] = None
+    # Ranking over the full catalogue costs users x items: at most this many users (a fixed
+    # hash sample of those with a click on ds) are ranked.
+    ranking_users: int = 20000
+    score_batch_size: int = 4096
+    calibration_bins: int = 10
+    # The report plots model_metrics of this many days before ds.
+    history_days: int = 30
+    als: AlsConfig = field(default_factory=AlsConfig)
+    tabular: TabularConfig = field(default_factory=TabularConfig)
+
+
+@dataclass(frozen=True)
+class GatedMetric:
+    """One metric the quality gate checks: task and metric as in model_metrics (k for ranking)."""
+
+    task: str
+    metric: str
+    k: Optional[int] = None
+    # Absolute bound: floor for higher-is-better metrics, ceiling for log_loss; calibration
+    # (mean prediction / mean label) may have both.
+    floor: Optional[float] = None
+    ceiling: Optional[float] = None
+    # Largest allowed step back from the champion's value; None: gate.tolerance.
+    tolerance: Optional[float] = None
+    # false: a metric without a value (its labels are not observed yet) is skipped, not failed.
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """What a model version must reach before it is published (the champion alias)."""
+
+    tolerance: float = 0.01
+    metrics: list[GatedMetric] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ScoringItemsConfig:
+    """An optional items side table (item_id, category_id, ...): the catalogue to recommend from."""
+
+    # Delta or Parquet folder; None: the catalogue is the items of item_features of ds.
+    path: Optional[str] = None
+    format: Literal["delta", "parquet"] = "delta"
+    # A boolean column: false drops the item (null keeps it).
+    available_column: Optional[str] = None
+    # A date column: items available only from that date on (null keeps it).
+    available_from_column: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ScoringFiltersConfig:
+    """Business rules applied to the ranked candidates (docs in conf/base.yaml)."""
+
+    # Drop items the user bought in this many days before ds (0: keep them)...
+    recent_purchase_days: int = 30
+    # ...unless their category is repurchasable: listed here, or one where at least
+    # repurchasable_min_rate of the category's buyers (at least repurchasable_min_buyers of them)
+    # bought it on two or more days in the history window (None: the list only).
+    repurchasable_categories: list[str] = field(default_factory=list)
+    repurchasable_min_rate: Optional[float] = 0.3
+    repurchasable_min_buyers: int = 10
+    # At most this many items of one category in a user's top K (None: no cap).
+    max_per_category: Optional[int] = 10
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """The score job: the published model's top-K items per active user, and repurchase predictions."""
+
+    # The registered version to score with; None: the version model_alias points at, and
+    # without an alias the published one (tracking.champion_alias).
+    model_version: Optional[str] = None
+    model_alias: Optional[str] = None
+    # Users with any event in this many days before ds get recommendations.
+    active_days: int = 30
+    k: int = 50
+    # M: candidates per user from the two-tower head (exact top-M by inner product).
+    candidates: int = 200
+    # Items per score tile of the retrieval scan, and users per retrieval batch: memory per
+    # task is about users_per_batch x item_block_size floats, whatever the catalogue size.
+    item_block_size: int = 4096
+    users_per_batch: int = 512
+    # score = pCTR x pCVR^alpha x price^beta, pCVR = min(p_purchase / p_click, 1); prices below
+    # min_price (0 is unknown) count as min_price.
+    alpha: float = 1.0
+    beta: float = 0.0
+    min_price: float = 1.0
+    filters: ScoringFiltersConfig = field(default_factory=ScoringFiltersConfig)
+    items: ScoringItemsConfig = field(default_factory=ScoringItemsConfig)
+    # Publish HMAC-SHA256(key, user_id) instead of user ids; the key comes from this
+    # environment variable only (never from a config file).
+    pseudonymize: bool = False
+    pseudonym_key_env: str = "MTL_PSEUDONYM_KEY"
+
+
+@dataclass(frozen=True)
 class Config:
     env: str = "local"
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -193,6 +329,9 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
     # The model's own YAML (architecture, embeddings, optimiser, trainer), relative to the working folder.
     model_config: str = "conf/models/mmoe.yaml"
 
@@ -446,6 +585,7 @@ def _check_semantics(cfg: Config) -> None:
                     raise ConfigError(f"{base}.{key}: expected a date YYYY-MM-DD, got {text!r}") from None
         for key in ("source_time_zone", "business_time_zone"):
             _check_time_zone(getattr(fmt, key), f"{base}.{key}")
+    _check_scoring(cfg)
 
 
 def _check_time_zone(name: str, key: str) -> None:
@@ -455,3 +595,33 @@ def _check_time_zone(name: str, key: str) -> None:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"{key}: unknown time zone {name!r} (use an IANA name such as Asia/Shanghai)") from None
+
+
+def _check_scoring(cfg: Config) -> None:
+    sc, filters = cfg.scoring, cfg.scoring.filters
+    for key in ("active_days", "k", "candidates", "item_block_size", "users_per_batch"):
+        if getattr(sc, key) < 1:
+            raise ConfigError(f"scoring.{key}: must be at least 1")
+    if sc.candidates < sc.k:
+        raise ConfigError("scoring.candidates: must be at least scoring.k")
+    if sc.active_days > cfg.features.history_days:
+        raise ConfigError("scoring.active_days: must not exceed features.history_days (user_features looks no further back)")
+    if sc.model_version is not None and sc.model_alias is not None:
+        raise ConfigError("scoring.model_version and scoring.model_alias: give one of them, not both")
+    if sc.alpha < 0:
+        raise ConfigError("scoring.alpha: must not be negative")
+    if sc.min_price <= 0:
+        raise ConfigError("scoring.min_price: must be positive")
+    if not sc.pseudonym_key_env:
+        raise ConfigError("scoring.pseudonym_key_env: must name an environment variable")
+    if not 0 <= filters.recent_purchase_days < cfg.features.history_days:
+        raise ConfigError("scoring.filters.recent_purchase_days: must be in [0, features.history_days)")
+    if filters.repurchasable_min_rate is not None and not 0.0 <= filters.repurchasable_min_rate <= 1.0:
+        raise ConfigError("scoring.filters.repurchasable_min_rate: must be between 0 and 1")
+    if filters.repurchasable_min_buyers < 1:
+        raise ConfigError("scoring.filters.repurchasable_min_buyers: must be at least 1")
+    if filters.max_per_category is not None and filters.max_per_category < 1:
+        raise ConfigError("scoring.filters.max_per_category: must be at least 1 (or null for no cap)")
+    items = sc.items
+    if items.path is None and (items.available_column or items.available_from_column):
+        raise ConfigError("scoring.items.path: required when scoring.items.available_column or available_from_column is set")

@@ -266,7 +266,85 @@ FEATURE_STATS = TableSpec(
 FEATURE_TABLES = (
     USER_FEATURES, ITEM_FEATURES, USER_CATEGORY_FEATURES, USER_ITEM_FEATURES, TRAINING_EXAMPLES, FEATURE_STATS,
 )
-ALL_TABLES = (EVENTS, EVENTS_QUARANTINE, PIPELINE_RUNS, *FEATURE_TABLES)
+
+MODEL_METRICS = TableSpec(
+    name="model_metrics",
+    comment=(
+        "Offline metrics of a model version and of its baselines on a held-out ds, one row per "
+        "(model_kind, task, metric, k), written by evaluate. A rerun for the same ds and version replaces its rows."
+    ),
+    partition_by=("ds",),
+    columns=(
+        Column("run_id", T.StringType(), False, "The evaluate run (see pipeline_runs)."),
+        Column("model_version", T.StringType(), False, "Registered version the run evaluated (the candidate)."),
+        Column("model_kind", T.StringType(), False,
+               "Whose predictions: multi_task (the candidate), champion (the published version on the same rows), "
+               "popularity, category_popularity, als, logistic_regression, gbt, single_task, recency_frequency."),
+        Column("scored_version", T.StringType(), True,
+               "Registered version that made the predictions (multi_task, champion); null for baselines."),
+        Column("task", T.StringType(), False,
+               "click, purchase (CTCVR over exposures), purchase_cvr (clicked exposures), repurchase_<N>d, "
+               "or retrieval (next items over the whole catalogue)."),
+        Column("metric", T.StringType(), False,
+               "auc, gauc, log_loss, calibration (mean prediction / mean label), positive_rate; "
+               "retrieval: recall, ndcg, hit_rate (at k), mrr."),
+        Column("k", T.IntegerType(), True, "K of a ranking metric; null otherwise."),
+        Column("value", T.DoubleType(), True, "The metric; null when undefined (e.g. AUC without positives)."),
+        Column("n_examples", T.LongType(), False, "Labelled rows (binary tasks) or users ranked (retrieval)."),
+        Column("evaluated_at", T.TimestampType(), False, "When the evaluate run started (UTC)."),
+        Column("ds", T.DateType(), False, "The held-out day evaluated: training_examples of ds, features as of ds."),
+    ),
+)
+
+DAILY_RECOMMENDATIONS = TableSpec(
+    name="daily_recommendations",
+    comment=(
+        "The top-K items to show each user active in the look-back window before ds, best first, written by score "
+        "with the published model: exact two-tower candidates over the whole catalogue, ranked by the multi-task "
+        "heads, after the business filters (recent purchases, per-category cap, availability)."
+    ),
+    partition_by=("ds",),
+    columns=(
+        Column("ds", T.DateType(), False, "The day the list is for: features as of ds (events strictly before ds)."),
+        Column("user_id", T.StringType(), False, "User id (an HMAC-SHA256 pseudonym when scoring.pseudonymize is on)."),
+        Column("rank", T.IntegerType(), False, "Position in the user's list: 1 is the best; 1..n without gaps."),
+        Column("item_id", T.StringType(), False, "Recommended item."),
+        Column("category_id", T.StringType(), True, "The item's category (null if unknown)."),
+        Column("score", T.DoubleType(), False,
+               "Ranking score pCTR x pCVR^alpha x price^beta (scoring.alpha, scoring.beta); the list is ordered by it."),
+        Column("p_click", T.DoubleType(), False, "Predicted probability that the user clicks the item when shown it."),
+        Column("p_purchase", T.DoubleType(), False,
+               "Predicted probability that the user clicks and buys the item when shown it (CTCVR)."),
+        Column("model_version", T.StringType(), False, "Registered model version that scored the row."),
+    ),
+)
+
+REPURCHASE_PREDICTIONS = TableSpec(
+    name="repurchase_predictions",
+    comment=(
+        "For each (user, item) and (user, category) the user bought in the features.repurchase_lookback_days before "
+        "ds: the probability of buying it again within N days from ds, written by score with the published model. "
+        "Item rows have item_id set; category rows (any item of the category) have item_id null."
+    ),
+    partition_by=("ds",),
+    columns=(
+        Column("ds", T.DateType(), False, "The day the predictions are made on: features as of ds."),
+        Column("user_id", T.StringType(), False, "User id (an HMAC-SHA256 pseudonym when scoring.pseudonymize is on)."),
+        Column("item_id", T.StringType(), True, "The item bought before; null on a category row."),
+        Column("category_id", T.StringType(), True, "The item's category, or the category of a category row."),
+        *(
+            Column(f"p_repurchase_{n}d", T.DoubleType(), True,
+                   f"Predicted probability of buying it again in [ds, ds+{n}d); null if the model has no such task.")
+            for n in fs.REPURCHASE_HORIZONS_DAYS
+        ),
+        Column("days_since_last_purchase", T.IntegerType(), False, "Days from the last purchase to ds (1 = the day before)."),
+        Column("model_version", T.StringType(), False, "Registered model version that scored the row."),
+    ),
+)
+
+SCORE_TABLES = (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS)
+
+ALL_TABLES = (EVENTS, EVENTS_QUARANTINE, PIPELINE_RUNS, *FEATURE_TABLES, MODEL_METRICS, *SCORE_TABLES)
 
 
 def markdown_docs() -> str:

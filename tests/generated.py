@@ -26,11 +26,16 @@ trainer: {{epochs: 2, batch_size: 256, checkpoint_every_steps: 4, log_every_step
 
 
 def world_config(root: Path, *overrides: str, users: int = 300, items: int = 200, days: int = 12) -> Config:
+    return load_config(LOCAL_CONF, world_overrides(root, *overrides, users=users, items=items, days=days))
+
+
+def world_overrides(root: Path, *overrides: str, users: int = 300, items: int = 200, days: int = 12) -> list[str]:
+    """The config overrides of the world under ``root`` (for jobs started as subprocesses too)."""
     model = root / "tiny_model.yaml"
     if not model.exists():
         root.mkdir(parents=True, exist_ok=True)
         model.write_text(TINY_MODEL)
-    return load_config(LOCAL_CONF, TEST_OVERRIDES + [
+    return TEST_OVERRIDES + [
         f"storage.warehouse={root / 'warehouse'}",
         f"generator.output={root / 'raw'}", "generator.output_format=canonical", f"generator.users={users}",
         f"generator.items={items}", "generator.categories=12", f"generator.days={days}",
@@ -38,7 +43,7 @@ def world_config(root: Path, *overrides: str, users: int = 300, items: int = 200
         "ingest.format=canonical", f"ingest.input={root / 'raw' / 'events'}",
         f"model_config={model}", "training.window_days=3", "training.torch_threads=1",
         *overrides,
-    ])
+    ]
 
 
 def build_world(spark, cfg: Config, feature_days: list[dt.date]) -> Config:

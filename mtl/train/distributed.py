@@ -80,18 +80,21 @@ def distribute(model: MultiTaskRecModel, loss_fn: MultiTaskLoss, optimizers: Opt
     return Optimizers(dense, sparse, distributed=True)
 
 
-def broadcast_object(obj, world: World):
-    """Rank 0's ``obj`` on every rank (the plan that only rank 0 could compute with Spark)."""
+def broadcast_object(obj, world: World, name: str):
+    """Rank 0's ``obj`` on every rank (the plan that only rank 0 could compute with Spark).
+
+    ``name`` must be the same on every rank: Horovod matches collectives by name, and its
+    default is the object's type, which differs between the sender and the receivers."""
     if not world.distributed:
         return obj
     import horovod.torch as hvd
 
-    return hvd.broadcast_object(obj, root_rank=0)
+    return hvd.broadcast_object(obj, root_rank=0, name=name)
 
 
-def allgather_object(obj, world: World) -> list:
+def allgather_object(obj, world: World, name: str) -> list:
     if not world.distributed:
         return [obj]
     import horovod.torch as hvd
 
-    return hvd.allgather_object(obj)
+    return hvd.allgather_object(obj, name=name)

@@ -43,7 +43,7 @@ from mtl.models.model import build_model
 from mtl.tables import TRAINING_EXAMPLES, warehouse_root
 from mtl.train.artifacts import read_feature_stats, save_model
 from mtl.train.checkpoint import seed_everything
-from mtl.train.distributed import World, allgather_object, broadcast_object, distribute, init_world
+from mtl.train.distributed import HOROVOD_ENV, allgather_object, broadcast_object, distribute, init_world
 from mtl.train.trainer import CHECKPOINT_NAME, Trainer, build_optimizers
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def plan_training(spark, cfg: Config, ds: dt.date, mode: str) -> TrainPlan:
         first, last, val_day = ds - cfg.training.window_days * day, ds - 2 * day, ds - day
         model_cfg = load_model_config(cfg.model_config)
         init_weights, warm_version = None, None
-        feature_stats = read_feature_stats(spark, cfg, last)
+        feature_stats = None  # read once the snapshot shows the days exist
     else:
         first = last = ds - day
         val_day = None
@@ -139,6 +139,8 @@ def plan_training(spark, cfg: Config, ds: dt.date, mode: str) -> TrainPlan:
         init_weights, warm_version = buffer.getvalue(), champion
     train = snapshot_files(spark, path, first, last)
     val = snapshot_files(spark, path, val_day, val_day, version=train.version) if val_day else None
+    if feature_stats is None:
+        feature_stats = read_feature_stats(spark, cfg, last)
     model_dict = dataclasses.asdict(model_cfg)
     key = hashlib.sha256(
         json.dumps([ds.isoformat(), mode, train.version, model_dict, warm_version], sort_keys=True, default=str).encode()
@@ -354,28 +356,33 @@ def _finish(cfg: Config, plan: TrainPlan, results: list[WorkerResult], run) -> T
 
 
 def run_train_horovodrun(cfg: Config, ds: dt.date, mode: str) -> Optional[TrainResult]:
-    """Inside ``horovodrun``: rank 0 plans and registers, every rank trains."""
+    """Inside ``horovodrun``: rank 0 plans with Spark and registers, every rank trains.
+
+    Rank 0 plans before joining Horovod: the other ranks wait in Horovod's rendezvous (up to
+    HOROVOD_GLOO_TIMEOUT_SECONDS) instead of in a collective whose background thread would
+    compete with Spark for the cores."""
     from mtl.runs import RunRecorder
     from mtl.spark import build_spark
 
-    world = init_world()
-    if not world.is_chief:
-        outcome = broadcast_object(None, world)
+    if os.environ.get(HOROVOD_ENV) != "0":
+        world = init_world()
+        outcome = broadcast_object(None, world, "mtl.train.plan")
         if isinstance(outcome, str):
             raise JobError(f"rank 0 failed to plan the run: {outcome}")
-        allgather_object(train_worker(outcome), world)
+        allgather_object(train_worker(outcome), world, "mtl.train.result")
         return None
     spark = build_spark(cfg.spark)
     with RunRecorder(spark, cfg, "train", ds) as run:
         try:
             plan = plan_training(spark, cfg, ds, mode)
         except Exception as exc:
-            broadcast_object(f"{type(exc).__name__}: {exc}", world)  # release the waiting ranks
+            broadcast_object(f"{type(exc).__name__}: {exc}", init_world(), "mtl.train.plan")  # release the waiting ranks
             raise
-        broadcast_object(plan, world)
+        world = init_world()
+        broadcast_object(plan, world, "mtl.train.plan")
         run.tables_read = {TRAINING_EXAMPLES.name: plan.table_version}
         run.input_rows = plan.train_rows
-        results = allgather_object(train_worker(plan), world)
+        results = allgather_object(train_worker(plan), world, "mtl.train.result")
         return _finish(cfg, plan, results, run)
 
 
@@ -404,7 +411,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def body(cfg: Config) -> Optional[str]:
         os.environ.setdefault("HOROVOD_GLOO_TIMEOUT_SECONDS", str(cfg.training.collective_timeout_s))
-        if cfg.training.launcher == "horovodrun" or "HOROVOD_RANK" in os.environ:
+        if cfg.training.launcher == "horovodrun" or HOROVOD_ENV in os.environ:
             result = run_train_horovodrun(cfg, args.ds, args.mode)
             return summarize(result) if result else None
         from mtl.spark import build_spark

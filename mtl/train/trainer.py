@@ -67,9 +67,9 @@ class Optimizers:
                 opt.synchronize()
 
     def zero_grad(self) -> None:
-        self.dense.zero_grad(set_to_none=True)
+        self.dense.zero_grad()  # set_to_none is torch's default; Horovod's wrapper takes no arguments
         if self.sparse is not None:
-            self.sparse.zero_grad(set_to_none=True)
+            self.sparse.zero_grad()
 
     def step(self) -> None:
         for opt in self._all():

@@ -1,0 +1,370 @@
+"""The evaluate job: a registered model version against its baselines on a held-out ds.
+
+    mtl-evaluate --ds D [--model VERSION]        (default: the latest registered version)
+
+ds must lie after every day the version was trained or validated on. The job
+
+1. scores the training_examples rows of ds with the version, the current champion (when it is
+   another version) and every configured baseline (mtl.evaluate.baselines, the single-task
+   twins of mtl.evaluate.twins), and ranks the whole catalogue for the users who clicked on ds;
+2. computes every metric with the same code (mtl.evaluate.metrics_table over mtl.metrics) and
+   replaces the (ds, version) rows of ``model_metrics``;
+3. writes the HTML report next to the artifact (the version's MLflow run, under
+   ``evaluation/ds=D/``), logs the version's metrics to that run, and records the run, with the
+   report's address and the gate's preview, in ``pipeline_runs``.
+
+It publishes nothing: the quality gate (``mtl-publish``) reads model_metrics and decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from mtl import delta_io, registry
+from mtl.cli import job_parser, run_job
+from mtl.config import Config, ConfigError, parse_typed
+from mtl.errors import InputError
+from mtl.evaluate import baselines as B
+from mtl.evaluate import report
+from mtl.evaluate.data import (
+    RankingTask,
+    Split,
+    label_count_columns,
+    label_counts,
+    ranking_task,
+    read_split,
+    training_window,
+)
+from mtl.evaluate.gate import GateDecision, check_gate_config, decide
+from mtl.evaluate.metrics_table import (
+    BINARY_TASKS,
+    MetricRow,
+    Scorer,
+    binary_metric_rows,
+    metric_values,
+    ranking_metric_rows,
+    read_metrics,
+    score_column,
+    write_metrics,
+)
+from mtl.evaluate.predict import ModelOutputs, ScoreTile, add_model_scores, inner_product, model_vectors, top_k
+from mtl.evaluate.twins import RETRIEVAL_TWIN, TrainingWindow, train_twins
+from mtl.features.schema import LABELS
+from mtl.models.config import ModelConfig
+from mtl.registry import Artifact
+from mtl.runs import RunRecorder
+from mtl.tables import EVENTS, MODEL_METRICS
+
+log = logging.getLogger(__name__)
+
+# Columns of the examples that reach the predictions frame besides the scores.
+KEEP = ("row_kind", "user_id", "item_id", "category_id", "is_sampled_negative", *LABELS)
+TABULAR = ("logistic_regression", "gbt")
+REPORT_FILE = "report.html"
+
+
+@dataclass
+class EvaluationResult:
+    ds: dt.date
+    model_version: str
+    run_id: str
+    champion_version: Optional[str]
+    rows: list[MetricRow]
+    decision: GateDecision
+    report_uri: str
+    notes: list[str] = field(default_factory=list)
+
+
+def check_evaluation_config(cfg: Config) -> None:
+    ev = cfg.evaluation
+    if not ev.ks or min(ev.ks) < 1:
+        raise ConfigError("evaluation.ks: list at least one K, each at least 1")
+    for key in ("ranking_users", "score_batch_size", "calibration_bins"):
+        if getattr(ev, key) < 1:
+            raise ConfigError(f"evaluation.{key}: must be at least 1")
+    if ev.history_days < 0:
+        raise ConfigError("evaluation.history_days: must not be negative")
+    if ev.twin_epochs is not None and ev.twin_epochs < 1:
+        raise ConfigError("evaluation.twin_epochs: must be at least 1 (or null)")
+    for key in ("rank", "max_iter", "window_days"):
+        if getattr(ev.als, key) < 1:
+            raise ConfigError(f"evaluation.als.{key}: must be at least 1")
+    for key in ("lr_max_iter", "gbt_max_iter", "gbt_max_depth"):
+        if getattr(ev.tabular, key) < 1:
+            raise ConfigError(f"evaluation.tabular.{key}: must be at least 1")
+    check_gate_config(cfg.gate, ev.ks)
+
+
+def run_evaluate(spark: SparkSession, cfg: Config, ds: dt.date, model_version: Optional[str] = None) -> EvaluationResult:
+    check_evaluation_config(cfg)
+    with RunRecorder(spark, cfg, "evaluate", ds) as run:
+        version = model_version or registry.latest_version(cfg)
+        if version is None:
+            raise InputError(f"registered model {cfg.tracking.registered_model!r} has no version: run train first")
+        candidate = registry.load_version(cfg, version=version)
+        run.model_version = candidate.version
+        window = TrainingWindow.from_metadata(candidate.metadata, version)
+        if ds <= window.last_day_used:
+            raise InputError(f"ds {ds} is not held out from version {version}: it was trained and validated on "
+                             f"ds {window.train_from}..{window.last_day_used}; evaluate a later day")
+        champion_version = registry.champion_version(cfg)
+        champion = None
+        if champion_version is not None and champion_version != version:
+            champion = registry.load_version(cfg, version=champion_version)
+
+        split = read_split(spark, cfg, ds)
+        run.tables_read = dict(split.tables_read)
+        popularity = B.Popularity.of(split)
+        notes = _notes(split)
+        for label, (neg, pos) in split.label_counts.items():
+            if not neg + pos:
+                notes.append(f"{label}: no labelled rows on {ds} (its window is not observed yet): not evaluated")
+        with _timed("single-task twins"):
+            twins = _twins(spark, cfg, candidate, window, split.label_counts, notes)
+        with _timed("binary predictions"):
+            frame, scorers = _binary_predictions(spark, cfg, split, popularity, candidate, champion, window, twins)
+        rows = binary_metric_rows(frame, scorers)
+        with _timed("ranking task"):
+            task = ranking_task(split, cfg)
+        rankings: dict[str, np.ndarray] = {}
+        if len(task.users):
+            events_version = delta_io.table_version(spark, EVENTS.path(cfg.storage))
+            run.tables_read[EVENTS.name] = events_version
+            rankings, ranking_scorers = _rankings(spark, cfg, split, popularity, task, events_version,
+                                                  {"multi_task": candidate, "champion": champion,
+                                                   "single_task": twins.get(RETRIEVAL_TWIN)})
+            for scorer in ranking_scorers:
+                rows += ranking_metric_rows(scorer, rankings[scorer.kind], task.relevant, cfg.evaluation.ks)
+        else:
+            notes.append(f"retrieval: nobody clicked on {ds}: not evaluated")
+
+        commit = write_metrics(spark, cfg, rows, run_id=run.run_id, model_version=version, ds=ds,
+                               evaluated_at=run.started_at)
+        run.tables_written = {MODEL_METRICS.name: commit.version}
+        run.input_rows, run.output_rows = len(frame), len(rows)
+        decision = decide(metric_values(rows, "multi_task"), metric_values(rows, "champion") if champion else None,
+                          cfg.gate, champion_version)
+        history = read_metrics(spark, cfg, ds - dt.timedelta(days=cfg.evaluation.history_days), ds)
+        page = report.render(report.ReportData(
+            title=f"{cfg.tracking.registered_model} version {version} on {ds}",
+            facts=_facts(version, ds, window, champion_version, split, task, frame, run.run_id, cfg),
+            rows=rows, frame=frame, scorers=scorers, rankings=rankings, relevant=task.relevant,
+            ks=cfg.evaluation.ks, history=history, decision=decision,
+            calibration_bins=cfg.evaluation.calibration_bins, notes=notes,
+        ))
+        report_uri = _log_to_model_run(cfg, version, ds, rows, page)
+        run.details.update(report=report_uri, gate_preview=decision.as_dict(), champion_version=champion_version,
+                           ranking_users=len(task.users), catalogue_items=len(task.items), notes=notes)
+        log.info("evaluated version %s on %s: %d metric rows; report at %s", version, ds, len(rows), report_uri)
+    return EvaluationResult(ds, version, run.run_id, champion_version, rows, decision, report_uri, notes)
+
+
+@contextlib.contextmanager
+def _timed(stage: str):
+    started = time.perf_counter()
+    yield
+    log.info("%s: %.1f s", stage, time.perf_counter() - started)
+
+
+def _notes(split: Split) -> list[str]:
+    if not split.sampled_negatives:
+        return []
+    return ["The log has no impressions: exposure negatives are sampled by popularity, so click (and purchase) "
+            "AUC measures telling interactions from sampled items, not clicks from skipped impressions."]
+
+
+def _tasks(artifact: Artifact) -> tuple[str, ...]:
+    return parse_typed(ModelConfig, artifact.model_config).task_names
+
+
+def _has_retrieval(artifact: Artifact) -> bool:
+    return parse_typed(ModelConfig, artifact.model_config).retrieval.enabled
+
+
+def _twins(spark, cfg: Config, candidate: Artifact, window: TrainingWindow, labelled, notes: list[str]) -> dict[str, Artifact]:
+    if "single_task" not in cfg.evaluation.baselines:
+        return {}
+    if window.mode != "full":
+        notes.append(f"Single-task twins skipped: version {candidate.version} was trained {window.mode}ly "
+                     "(warm-started), which a twin trained from scratch cannot mirror.")
+        return {}
+    labels = [label for label in _tasks(candidate) if all(labelled[label])]
+    return train_twins(spark, cfg, candidate, window, labels)
+
+
+def _binary_predictions(spark, cfg: Config, split: Split, popularity: B.Popularity, candidate: Artifact,
+                        champion: Optional[Artifact],
+                        window: TrainingWindow, twins: dict[str, Artifact]):
+    """The predictions frame of ds (see metrics_table) and the scorers it holds."""
+    wanted = set(cfg.evaluation.baselines)
+    df = split.examples
+    scorers = [Scorer("multi_task", True, candidate.version)]
+    models = [ModelOutputs(candidate, {t: score_column("multi_task", t) for t in _tasks(candidate)})]
+    if champion is not None:
+        scorers.append(Scorer("champion", True, champion.version))
+        models.append(ModelOutputs(champion, {t: score_column("champion", t) for t in _tasks(champion)}))
+    if "popularity" in wanted:
+        df = B.add_popularity(df, split, cfg.features.smoothing_strength)
+        scorers.append(Scorer("popularity", False))
+    if "category_popularity" in wanted:
+        df = B.add_category_popularity(df, popularity)
+        scorers.append(Scorer("category_popularity", False))
+    if "recency_frequency" in wanted:
+        df = B.add_recency_frequency(df)
+        scorers.append(Scorer("recency_frequency", False))
+    tabular = [kind for kind in TABULAR if kind in wanted]
+    if tabular:
+        train = training_window(spark, cfg, window.train_from, window.train_to, window.table_version)
+        trainable = label_counts(train.agg(*label_count_columns()).first())
+        with _timed(f"fitting {', '.join(tabular)}"):
+            fitted = [
+                B.fit_tabular(train, kind, task, cfg)
+                for kind in tabular
+                for task in BINARY_TASKS
+                if task.name == task.label and all(trainable[task.label])
+            ]
+        df = B.add_tabular(df, fitted)
+        scorers += [Scorer(kind, True) for kind in tabular]
+    single = {label: artifact for label, artifact in twins.items() if label != RETRIEVAL_TWIN}
+    if single:
+        models += [ModelOutputs(a, {label: score_column("single_task", label)}) for label, a in single.items()]
+        scorers.append(Scorer("single_task", True))
+    baseline_columns = [score_column(s.kind, label) for s in scorers for label in LABELS
+                        if score_column(s.kind, label) in df.columns]
+    scored = add_model_scores(df, models, KEEP + tuple(baseline_columns), cfg.evaluation.score_batch_size)
+    frame = scored.select(*[F.col(c).cast("double").alias(c) if c in LABELS else F.col(c) for c in scored.columns]).toPandas()
+    return frame, scorers
+
+
+def _rankings(spark, cfg: Config, split: Split, popularity: B.Popularity, task: RankingTask, events_version: int,
+              neural: dict[str, Optional[Artifact]]) -> tuple[dict[str, np.ndarray], list[Scorer]]:
+    """Top-max(K) lists over the catalogue of every retrieval scorer."""
+    wanted = set(cfg.evaluation.baselines)
+    k = max(cfg.evaluation.ks)
+    tiles: dict[str, ScoreTile] = {}
+    scorers = []
+    models = {kind: a for kind, a in neural.items() if a is not None and _has_retrieval(a)}
+    if models and len(task.items):
+        started = time.perf_counter()
+        batch = cfg.evaluation.score_batch_size
+        user_keys, user_vecs = model_vectors(task.user_rows, models, "user", "user_id", batch)
+        item_keys, item_vecs = model_vectors(task.item_rows, models, "item", "item_id", batch)
+        user_order = _positions(user_keys, task.users)
+        item_order = _positions(item_keys, task.items)
+        for kind, artifact in models.items():
+            tiles[kind] = inner_product(user_vecs[kind][user_order], item_vecs[kind][item_order])
+            scorers.append(Scorer(kind, False, artifact.version))
+        log.info("retrieval vectors of %s: %.1f s", sorted(models), time.perf_counter() - started)
+    if "popularity" in wanted:
+        tiles["popularity"] = B.popularity_tile(popularity, task)
+        scorers.append(Scorer("popularity", False))
+    if "category_popularity" in wanted:
+        tiles["category_popularity"] = B.category_popularity_tile(split, popularity, task)
+        scorers.append(Scorer("category_popularity", False))
+    if "als" in wanted:
+        with _timed("ALS"):
+            tiles["als"] = B.als_tile(spark, cfg, split.ds, events_version, task)
+        scorers.append(Scorer("als", False))
+    rankings = {}
+    for kind, tile in tiles.items():
+        started = time.perf_counter()
+        rankings[kind] = top_k(tile, len(task.users), len(task.items), k, task.exclude)
+        log.info("ranked %d items for %d users with %s in %.1f s", len(task.items), len(task.users), kind,
+                 time.perf_counter() - started)
+    return rankings, scorers
+
+
+def _positions(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    at = {key: i for i, key in enumerate(keys)}
+    return np.fromiter((at[w] for w in wanted), np.int64, len(wanted))
+
+
+def _facts(version: str, ds: dt.date, window: TrainingWindow, champion: Optional[str], split: Split,
+           task: RankingTask, frame, run_id: str, cfg: Config) -> dict[str, str]:
+    return {
+        "model version": version,
+        "held-out ds": ds.isoformat(),
+        "trained on": f"{window.train_from}..{window.train_to} ({window.mode})",
+        "validated on": str(window.val_ds or "-"),
+        "champion": f"version {champion}" if champion else "none published",
+        "rows scored": f"{len(frame):,}",
+        "exposure negatives": "sampled (no impressions)" if split.sampled_negatives else "impressions",
+        "item recommendation": (
+            f"{len(task.users):,} of {task.clicking_users:,} users with a click ranked over {len(task.items):,} items"
+            f"{'; seen items excluded' if cfg.evaluation.exclude_seen else ''}; "
+            f"{task.relevant_outside_catalogue:,} clicked items outside the catalogue"
+        ),
+        "evaluate run": run_id,
+    }
+
+
+def _log_to_model_run(cfg: Config, version: str, ds: dt.date, rows: list[MetricRow], page: str) -> str:
+    """Log the version's own metrics to the MLflow run that registered it (step: ds as YYYYMMDD)
+    and the report next to its artifact; returns the report's URI."""
+    uri = registry.tracking_uri(cfg)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run_id = client.get_model_version(cfg.tracking.registered_model, version).run_id
+    now_ms, step = int(time.time() * 1000), int(ds.strftime("%Y%m%d"))
+    metrics = [
+        Metric(f"eval_{r.task}_{r.metric}" + (f"_at_{r.k}" if r.k else ""), r.value, now_ms, step)
+        for r in rows
+        if r.model_kind == "multi_task" and r.value is not None
+    ]
+    for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+    folder = f"evaluation/ds={ds.isoformat()}"
+    with tempfile.TemporaryDirectory(prefix="mtl-report-") as tmp:
+        (Path(tmp) / REPORT_FILE).write_text(page)
+        client.log_artifacts(run_id, tmp, folder)
+    return f"{client.get_run(run_id).info.artifact_uri}/{folder}/{REPORT_FILE}"
+
+
+def summarize(result: EvaluationResult) -> str:
+    headline = [(t.name, "auc", None) for t in BINARY_TASKS] + [("retrieval", "recall", 20)]
+    by_kind: dict[str, dict] = {}
+    for r in result.rows:
+        by_kind.setdefault(r.model_kind, {})[r.key] = r.value
+    present = [h for h in headline if any(h in values for values in by_kind.values())]
+    header = "model".ljust(22) + "".join(f"{t + ' ' + m + ('@' + str(k) if k else ''):>20}" for t, m, k in present)
+    lines = [f"version {result.model_version} on {result.ds} (evaluate run {result.run_id})", header]
+    for kind in report._ordered(by_kind):
+        cells = "".join(f"{_cell(by_kind[kind].get(h)):>20}" for h in present)
+        lines.append(kind.ljust(22) + cells)
+    verdict = "would publish" if result.decision.passed else "would refuse: " + "; ".join(result.decision.failures)
+    lines += [f"quality gate: {verdict}", f"report: {result.report_uri}", *result.notes]
+    return "\n".join(lines)
+
+
+def _cell(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = job_parser(
+        "evaluate",
+        "Evaluate a registered model version and its baselines on the held-out --ds: model_metrics, "
+        "an HTML report next to the artifact, the version's MLflow run. Publishes nothing (see mtl-publish).",
+        ds_required=True,
+    )
+    parser.add_argument("--model", metavar="VERSION", help="registered version to evaluate (default: the latest)")
+    args = parser.parse_args(argv)
+
+    def body(cfg: Config) -> str:
+        from mtl.spark import build_spark
+
+        return summarize(run_evaluate(build_spark(cfg.spark), cfg, args.ds, args.model))
+
+    return run_job(args, body)

@@ -1,0 +1,1 @@
+"""Daily scoring: top-K recommendations and repurchase predictions from the published model."""

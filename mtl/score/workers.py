@@ -1,0 +1,138 @@
+"""What runs inside the executors' Python workers: the published model, rebuilt once per worker
+process from one broadcast, and the ``mapInPandas`` functions of the scoring stages.
+
+Every function here turns rows of ``model_inputs`` (the exact columns training reads) into the
+model's batch with ``mtl.data.loader.to_arrays``, so scoring feeds the model like training did.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from pyspark import Broadcast, TaskContext
+from pyspark.sql import types as T
+
+from mtl.data.loader import MODEL_FIELDS, to_arrays
+from mtl.errors import JobError
+from mtl.models.model import MultiTaskRecModel
+from mtl.registry import Artifact
+from mtl.score.candidates import blocked_top_m
+from mtl.train.artifacts import load_model
+
+PandasStage = Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]
+
+CANDIDATES_SCHEMA = T.StructType([
+    T.StructField("user_id", T.StringType(), False),
+    T.StructField("item_id", T.StringType(), False),
+    T.StructField("day_category_id", T.StringType(), True),
+    T.StructField("retrieval_score", T.FloatType(), False),
+])
+ITEM_VECTORS_SCHEMA = T.StructType([
+    T.StructField("item_id", T.StringType(), False),
+    T.StructField("category_id", T.StringType(), True),
+    T.StructField("vector", T.ArrayType(T.FloatType(), False), False),
+])
+
+
+@dataclass(frozen=True)
+class ModelShipment:
+    """The artifact as it travels to the executors (one broadcast per run); ``key`` tells one
+    run's model from another's in a long-lived worker."""
+
+    artifact: Artifact
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Every item that may be recommended, with its two-tower vector (row i of ``vectors``)."""
+
+    item_ids: np.ndarray  # object [N]
+    category_ids: np.ndarray  # object [N], None where unknown
+    vectors: np.ndarray  # float32 [N, d]
+
+
+_MODELS: dict[str, MultiTaskRecModel] = {}
+
+
+def worker_model(shipment: Broadcast) -> MultiTaskRecModel:
+    """The shipped model, built on the first call in this worker process and kept for the next
+    tasks (Spark reuses Python workers); the previous run's model is dropped."""
+    value: ModelShipment = shipment.value
+    model = _MODELS.get(value.key)
+    if model is None:
+        _MODELS.clear()
+        model = _MODELS[value.key] = load_model(value.artifact)
+        context = TaskContext.get()
+        # One intra-op thread per CPU of the task: parallel tasks must not oversubscribe cores.
+        torch.set_num_threads(context.cpus() if context is not None else torch.get_num_threads())
+    return model
+
+
+def model_batch(frame: pd.DataFrame) -> dict[str, torch.Tensor]:
+    """A pandas frame of model_inputs columns as the model's batch (no labels)."""
+    return {name: torch.from_numpy(array) for name, array in to_arrays(frame, MODEL_FIELDS, labels=()).items()}
+
+
+def _finite(vectors: torch.Tensor, what: str) -> torch.Tensor:
+    if not torch.isfinite(vectors).all():
+        raise JobError(f"the model produced non-finite {what} vectors: its weights are broken")
+    return vectors
+
+
+def item_vectors_stage(shipment: Broadcast) -> PandasStage:
+    """Rows of model_inputs for catalogue items -> (item_id, category_id, two-tower vector)."""
+
+    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = worker_model(shipment)
+        for frame in frames:
+            with torch.inference_mode():
+                vectors = _finite(model.item_vectors(model_batch(frame)), "item").numpy()
+            yield pd.DataFrame({"item_id": frame["item_id"], "category_id": frame["category_id"], "vector": list(vectors)})
+
+    return run
+
+
+def retrieval_stage(shipment: Broadcast, catalogue: Broadcast, m: int, block_size: int, users_per_batch: int) -> PandasStage:
+    """Rows of model_inputs for users -> their exact top-m catalogue items by inner product."""
+
+    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = worker_model(shipment)
+        items: Catalogue = catalogue.value
+        item_vecs = torch.from_numpy(items.vectors)
+        for frame in frames:
+            for start in range(0, len(frame), users_per_batch):
+                part = frame.iloc[start:start + users_per_batch]
+                with torch.inference_mode():
+                    user_vecs = _finite(model.user_vectors(model_batch(part)), "user")
+                scores, rows = blocked_top_m(user_vecs, item_vecs, m, block_size)
+                rows = rows.numpy().ravel()
+                yield pd.DataFrame({
+                    "user_id": np.repeat(part["user_id"].to_numpy(), scores.shape[1]),
+                    "item_id": items.item_ids[rows],
+                    "day_category_id": items.category_ids[rows],
+                    "retrieval_score": scores.numpy().ravel(),
+                })
+
+    return run
+
+
+def prediction_stage(shipment: Broadcast, keep: Sequence[str], outputs: dict[str, str]) -> PandasStage:
+    """Rows of model_inputs -> the ``keep`` columns plus one probability column per task
+    (``outputs``: task -> column name)."""
+
+    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = worker_model(shipment)
+        for frame in frames:
+            probs = model.predict_proba(model_batch(frame))
+            out = frame[list(keep)].copy()
+            for task, column in outputs.items():
+                out[column] = probs[task].numpy().astype(np.float64)
+            yield out
+
+    return run

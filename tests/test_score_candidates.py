@@ -1,0 +1,63 @@
+"""The blocked exact top-M scan equals a full torch.topk, on every path through it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtl.score.candidates import blocked_top_m, retrieval_flops
+
+
+def _vectors(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+
+
+def _assert_exact(users: torch.Tensor, items: torch.Tensor, m: int, block: int) -> None:
+    scores, rows = blocked_top_m(users, items, m, block)
+    expected_scores, expected_rows = torch.topk(users @ items.T, min(m, items.shape[0]), dim=1)
+    assert rows.shape == expected_rows.shape
+    assert torch.equal(rows, expected_rows)
+    torch.testing.assert_close(scores, expected_scores, rtol=0, atol=1e-6)
+    # best first, and each score is the inner product of its item
+    assert torch.all(scores[:, :-1] >= scores[:, 1:])
+    torch.testing.assert_close(scores, (users.unsqueeze(1) * items[rows]).sum(-1), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "n_items, m, block",
+    [
+        (5000, 50, 256),  # many blocks, the sampled guess holds
+        (5003, 50, 256),  # a ragged last block
+        (5000, 300, 64),  # m above the block size
+        (40, 100, 8),  # m above the catalogue: every item, ordered
+        (200, 20, 1000),  # one block: a plain topk
+    ],
+)
+def test_equals_full_topk(n_items, m, block):
+    _assert_exact(_vectors(64, 16, 1), _vectors(n_items, 16, 2), m, block)
+
+
+def test_a_guess_that_is_too_high_falls_back_to_an_exact_scan():
+    # The strided sample (every 10th item) holds the best items of every user, so the sampled
+    # threshold leaves fewer than m items above it: the second scan must still be exact.
+    users = _vectors(32, 8, 3)
+    items = _vectors(1000, 8, 4) * 0.5
+    direction = torch.nn.functional.normalize(users.mean(0), dim=0)
+    items[::10] = direction + 0.01 * _vectors(100, 8, 5)
+    _assert_exact(users, items, 150, 100)
+
+
+def test_ties_keep_the_lower_item_row_first():
+    users = torch.tensor([[1.0, 0.0]])
+    items = torch.tensor([[0.5, 0.0], [1.0, 0.0], [0.5, 1.0], [0.2, 0.0]])
+    scores, rows = blocked_top_m(users, items, 3, 2)
+    assert rows.tolist() == [[1, 0, 2]] and scores.tolist() == [[1.0, 0.5, 0.5]]
+
+
+def test_flops_and_bad_arguments():
+    assert retrieval_flops(3, 5, 4) == 120
+    with pytest.raises(ValueError, match="at least 1"):
+        blocked_top_m(_vectors(2, 4, 0), _vectors(10, 4, 1), 0, 4)
+    scores, rows = blocked_top_m(torch.empty(0, 4), _vectors(10, 4, 1), 3, 4)
+    assert scores.shape == rows.shape == (0, 3)
