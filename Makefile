@@ -8,9 +8,13 @@ PYTEST_ARGS ?=
 setup:
 	@bash scripts/bootstrap.sh
 
-## Run the main job on the embedded default (local Spark, Delta tables under ./warehouse).
+DEMO_DS ?= 2024-03-15
+
+## Run the main job on the embedded default: generated data through the whole daily pipeline
+## (local Spark; Delta tables and the MLflow store under ./warehouse).
 demo: setup
-	$(VENV)/bin/mtl-ingest --conf conf/local.yaml
+	$(VENV)/bin/mtl-generate --conf conf/demo.yaml
+	$(VENV)/bin/mtl-pipeline run --conf conf/demo.yaml --ds $(DEMO_DS)
 
 ## The test suite CI runs: everything but tests marked slow.
 test: setup

@@ -94,6 +94,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20, help="training steps timed per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU (batches are copied per step)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -105,7 +106,7 @@ def main() -> int:
         cfg = reference_config(args.buckets, args.batch_size, sparse)
         seed_everything(0)
         model = build_model(cfg, fields, stats)
-        trainers[variant] = Trainer(model, MultiTaskLoss(cfg), cfg, progress=False)
+        trainers[variant] = Trainer(model, MultiTaskLoss(cfg), cfg, progress=False, device=args.device)
         trainers[variant].fit(batches[:3])  # warm-up: allocator, optimiser state, first-call costs
     rows = args.steps * args.batch_size
     rates: dict[str, list[float]] = {v: [] for v in trainers}
@@ -113,6 +114,8 @@ def main() -> int:
         for variant, trainer in trainers.items():
             start = time.perf_counter()
             trainer.fit(batches)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
             rates[variant].append(rows / (time.perf_counter() - start))
             print(f"repeat {repeat + 1}: {variant:6s} {rates[variant][-1]:>9,.0f} examples/s", flush=True)
 
@@ -120,6 +123,8 @@ def main() -> int:
     params = sum(p.numel() for p in trainers["sparse"].model.parameters())
     command = "`.venv/bin/python benchmarks/model_train.py " + " ".join(sys.argv[1:]) + "`"
     machine = f"{os.cpu_count()} cores ({cpu_model()}), torch {torch.__version__}, {args.threads} threads"
+    if args.device.startswith("cuda"):
+        machine = f"{torch.cuda.get_device_name()} ({args.device}), torch {torch.__version__}"
     print(f"\nparameters: {params:,}; {args.repeats} repeats of {args.steps} steps of {args.batch_size} rows\n")
     print("| date | command | machine | sparse + SparseAdam (ex/s) | dense + Adam (ex/s) | ratio |")
     print("|---|---|---|---:|---:|---:|")

@@ -171,6 +171,15 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class PipelineConfig:
+    """The daily chain (mtl-pipeline, the Airflow DAG)."""
+
+    # Weekday (0 = Monday ... 6 = Sunday) of the weekly full retrain; null: incremental every day
+    # once a model is published (the first run always trains in full).
+    full_retrain_weekday: Optional[int] = 6
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow tracking store and model registry."""
 
@@ -329,6 +338,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
@@ -522,6 +532,9 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError("ingest.max_quarantine_share: must be between 0 and 1")
     if cfg.spark.shuffle_partitions < 1:
         raise ConfigError("spark.shuffle_partitions: must be at least 1")
+    weekday = cfg.pipeline.full_retrain_weekday
+    if weekday is not None and not 0 <= weekday <= 6:
+        raise ConfigError("pipeline.full_retrain_weekday: 0 (Monday) to 6 (Sunday), or null")
     tr = cfg.training
     for key in ("window_days", "num_proc", "start_timeout_s", "collective_timeout_s", "reader_workers"):
         if getattr(tr, key) < 1:

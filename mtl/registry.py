@@ -349,6 +349,18 @@ def latest_version(cfg: Config) -> Optional[str]:
     return str(versions[0].version) if versions else None
 
 
+def versions_for_ds(cfg: Config, ds: str) -> list[str]:
+    """Registered versions trained for ``ds`` (their ``ds`` tag), oldest first."""
+    name = cfg.tracking.registered_model
+    try:
+        versions = _client(cfg).search_model_versions(f"name = '{name}'")
+    except MlflowException as exc:
+        if exc.error_code == _DOES_NOT_EXIST:
+            return []
+        raise
+    return sorted((str(v.version) for v in versions if (v.tags or {}).get("ds") == ds), key=int)
+
+
 def _alias_version(client: MlflowClient, name: str, alias: str) -> Optional[str]:
     # The registered model's alias map answers "no such alias" without an error to tell apart.
     try:

@@ -274,8 +274,8 @@ def test_rerun_replaces_pseudonymises_and_a_failed_check_keeps_the_partition(spa
     version_before = spark.sql(f"DESCRIBE HISTORY delta.`{DAILY_RECOMMENDATIONS.path(private.storage)}`").first().version
 
     broken = _publish(spark, private, root / "broken", broken_task="click")
-    with pytest.raises(OutputCheckError, match="10 rows with a probability outside"):
-        run_score(spark, _config(root, f"scoring.model_version={broken}", *NO_FILTERS), D)
+    with pytest.raises(OutputCheckError, match=r"daily_recommendations: 10 rows with a probability that is not in \[0, 1\]"):
+        run_score(spark, _config(root, "scoring.k=2", f"scoring.model_version={broken}", *NO_FILTERS), D)
     assert sorted(r.user_id for r in _published(spark, private).collect()) == sorted(r.user_id for r in rows)
     history = spark.sql(f"DESCRIBE HISTORY delta.`{DAILY_RECOMMENDATIONS.path(private.storage)}`").first()
     assert history.version == version_before
@@ -300,9 +300,9 @@ def test_output_checks_catch_planted_violations(spark):
     assert violations(good[:1] + [(D, "u1", 2, "i1", "c1", 0.2, 0.4, 0.2, "1")] + good[2:]) == (
         "1 users with an item listed twice",)
     assert violations(good[:2] + [(D, "u2", 1, "i1", "c1", 0.1, 1.5, 0.1, "1")]) == (
-        "1 rows with a probability outside [0, 1] or a score that is not a finite non-negative number",)
+        "1 rows with a probability that is not in [0, 1] or a score that is not a finite number >= 0 (null and NaN count)",)
     assert violations(good[:2] + [(D, "u2", 1, "i1", "c1", math.nan, 0.2, 0.1, "1")]) == (
-        "1 rows with a probability outside [0, 1] or a score that is not a finite non-negative number",)
+        "1 rows with a probability that is not in [0, 1] or a score that is not a finite number >= 0 (null and NaN count)",)
 
     rep_schema = T.StructType([T.StructField(f.name, f.dataType, True) for f in REPURCHASE_PREDICTIONS.schema])
     rep = [(D, "u1", "i1", "c1", 0.2, 0.3, 2, "1"), (D, "u1", None, "c1", 0.2, 0.3, 2, "1")]
@@ -313,7 +313,7 @@ def test_output_checks_catch_planted_violations(spark):
                                  rep[0], (D, "u3", "i3", "c1", None, 0.3, 0, "1")]) == (
         "1 rows with a null user_id", "1 rows with neither an item nor a category",
         "1 repeated (user, item, category) rows",
-        "1 rows with p_repurchase_7d, p_repurchase_30d outside [0, 1] or days_since_last_purchase below 1",
+        "1 rows with p_repurchase_7d, p_repurchase_30d not in [0, 1] (null and NaN count) or days_since_last_purchase below 1",
     )
 
 

@@ -212,7 +212,7 @@ def recommendations(ctx: ScoringContext, cands: DataFrame) -> DataFrame:
     inputs = rank.drop_recent_purchases(inputs, repurchasable, sc.filters.recent_purchase_days)
     keep = ("user_id", "item_id", "category_id", "i_price")
     schema = T.StructType(
-        [inputs.schema[c] for c in keep] + [T.StructField(c, T.DoubleType(), False) for c in RECOMMENDATION_TASKS.values()]
+        [inputs.schema[c] for c in keep] + [T.StructField(c, T.DoubleType(), True) for c in RECOMMENDATION_TASKS.values()]
     )
     scored = inputs.mapInPandas(prediction_stage(ctx.shipment, keep, RECOMMENDATION_TASKS), schema)
     top = rank.top_k(scored.withColumn("score", rank.score_column(sc)), sc.k, sc.filters.max_per_category)
@@ -244,7 +244,7 @@ def repurchase_predictions(ctx: ScoringContext) -> DataFrame:
     keep = ("user_id", "item_id", "category_id", "days_since_last_purchase")
     outputs = {task: column for task, column in REPURCHASE_TASKS.items() if task in ctx.tasks}
     schema = T.StructType(
-        [inputs.schema[c] for c in keep] + [T.StructField(c, T.DoubleType(), False) for c in outputs.values()]
+        [inputs.schema[c] for c in keep] + [T.StructField(c, T.DoubleType(), True) for c in outputs.values()]
     )
     predicted = inputs.mapInPandas(prediction_stage(ctx.shipment, keep, outputs), schema)
     absent = [F.lit(None).cast("double").alias(c) for t, c in REPURCHASE_TASKS.items() if t not in outputs]

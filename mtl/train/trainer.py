@@ -108,14 +108,22 @@ class TaskPredictions:
     groups: Optional[np.ndarray] = None
 
 
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """The batch on ``device`` (a no-op for tensors already there, e.g. on CPU)."""
+    return {name: t.to(device, non_blocking=True) for name, t in batch.items()}
+
+
 def evaluate(model: MultiTaskRecModel, batches: Iterable[Batch], group_field: Optional[str] = None) -> dict[str, TaskPredictions]:
     """Run the model over ``batches``; per task, the rows whose label is present.
 
     ``group_field`` (e.g. "user_hash") also returns each row's group, for GAUC.
     """
     collected: dict[str, list[tuple[Tensor, Tensor, Optional[Tensor]]]] = {t: [] for t in model.tasks}
+    device = next(model.parameters()).device
     for batch in batches:
-        probs = model.predict_proba(batch)
+        batch = to_device(batch, device)
+        probs = {t: p.cpu() for t, p in model.predict_proba(batch).items()}
+        batch = to_device(batch, torch.device("cpu"))
         for task in model.tasks:
             labels = batch[task]
             present = labels != MISSING_LABEL
@@ -183,7 +191,12 @@ class Trainer:
         progress: Optional[bool] = None,
         optimizers: Optional[Optimizers] = None,
         is_chief: bool = True,
+        device: str | torch.device = "cpu",
     ) -> None:
+        # Model and loss move before the optimisers are built, so their state lives on the device.
+        self.device = torch.device(device)
+        model.to(self.device)
+        loss_fn.to(self.device)
         self.model, self.loss_fn, self.cfg = model, loss_fn, cfg.trainer
         # Distributed training passes Horovod-wrapped optimisers (mtl.train.distributed).
         self.optimizers = optimizers or build_optimizers(model, loss_fn, cfg.optimizer)
@@ -259,6 +272,7 @@ class Trainer:
         bar.close()
 
     def _step(self, batch: Batch) -> dict[str, Tensor]:
+        batch = to_device(batch, self.device)
         out = self.model(batch)
         loss = self.loss_fn(out, batch)
         self.optimizers.zero_grad()

@@ -1,0 +1,70 @@
+"""mtl-pipeline over two consecutive days of small generated data: incremental second day,
+both days' outputs, a rerun that changes nothing, and a failing step that stops the chain."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pyspark.sql import functions as F
+
+from mtl import registry
+from mtl.config import load_config
+from mtl.generate.job import run_generate
+from mtl.pipeline.runner import StepFailed, main, run_day
+from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
+from tests.conftest import LOCAL_CONF
+from tests.generated import START, world_overrides
+from tests.helpers import read_table, runs
+
+D1 = START + dt.timedelta(days=8)
+D2 = D1 + dt.timedelta(days=1)
+
+
+def _partition(spark, cfg, spec, ds):
+    rows = read_table(spark, cfg, spec).where(F.col("ds") == F.lit(ds)).drop("ds").collect()
+    return sorted((tuple(r) for r in rows), key=repr)
+
+
+@pytest.fixture(scope="module")
+def pipeline_world(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline_world")
+    overrides = world_overrides(root, "pipeline.full_retrain_weekday=null")
+    cfg = load_config(LOCAL_CONF, overrides)
+    run_generate(spark, cfg)
+    return cfg, overrides
+
+
+def test_two_days_rerun_and_failure(spark, pipeline_world):
+    cfg, overrides = pipeline_world
+    first = run_day(spark, cfg, D1)
+    assert any(line.startswith("train (full)") for line in first.lines), first.lines
+    assert registry.champion_version(cfg) == first.model_version  # the gate published the first model
+    second = run_day(spark, cfg, D2)
+    assert any(line.startswith("train (incremental)") for line in second.lines), second.lines
+    for spec in (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS):
+        for ds in (D1, D2):
+            assert _partition(spark, cfg, spec, ds), (spec.name, ds)
+
+    before = {spec.name: _partition(spark, cfg, spec, D1) for spec in (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS)}
+    day2 = _partition(spark, cfg, DAILY_RECOMMENDATIONS, D2)
+    versions = registry.versions_for_ds(cfg, D1.isoformat())
+    rerun = run_day(spark, cfg, D1)
+    assert registry.versions_for_ds(cfg, D1.isoformat()) == versions  # no new model for the day
+    assert any("reused" in line for line in rerun.lines)
+    for spec in (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS):
+        assert _partition(spark, cfg, spec, D1) == before[spec.name], spec.name
+    assert _partition(spark, cfg, DAILY_RECOMMENDATIONS, D2) == day2
+
+    # A step that fails stops the chain, names the step, and leaves earlier outputs alone.
+    broken = load_config(LOCAL_CONF, overrides + ["ingest.input=/nonexistent/events"])
+    with pytest.raises(StepFailed, match="step 'ingest' failed") as failure:
+        run_day(spark, broken, D2 + dt.timedelta(days=1))
+    assert failure.value.step == "ingest"
+    assert _partition(spark, cfg, DAILY_RECOMMENDATIONS, D2) == day2
+    failed = runs(spark, cfg).where("job = 'ingest' AND status = 'failed'").count()
+    assert failed == 1
+    # the command line says the same and exits 1
+    args = ["run", "--conf", str(LOCAL_CONF), "--ds", str(D2 + dt.timedelta(days=1))]
+    args += [a for o in overrides + ["ingest.input=/nonexistent/events"] for a in ("--set", o)]
+    assert main(args) == 1
