@@ -179,3 +179,34 @@ def test_model_metrics_rerun_replaces_its_own_rows_only(spark, make_config):
     frame = read_metrics(spark, cfg, ds, ds, model_version="1")
     assert sorted(frame["model_kind"]) == ["multi_task", "popularity"]
     assert read_metrics(spark, cfg, ds + dt.timedelta(days=1), ds + dt.timedelta(days=2)).empty
+
+
+def test_report_holds_tables_curves_and_history(frame):
+    from mtl.config import GateConfig, GatedMetric
+    from mtl.evaluate.gate import decide
+    from mtl.evaluate.report import ReportData, render
+
+    scorers = [Scorer("multi_task", True, "7"), Scorer("pop", False)]
+    frame = frame.rename(columns=lambda c: c.replace("model__", "multi_task__"))
+    rows = binary_metric_rows(frame, scorers)
+    ranked = np.array([[3, 1, 4, 0], [2, 0, 1, 5]])
+    relevant = M.Relevance(np.array([0, 1]), np.array([4, 7]))
+    rows += ranking_metric_rows(Scorer("multi_task", False, "7"), ranked, relevant, [2, 4])
+    history = pd.DataFrame([
+        {"ds": dt.date(2024, 3, d), "model_kind": kind, "task": "click", "metric": "auc", "k": None,
+         "value": 0.6 + d / 100, "evaluated_at": dt.datetime(2024, 3, d)}
+        for d in (7, 8, 9) for kind in ("multi_task", "pop")
+    ])
+    decision = decide({r.key: r.value for r in rows if r.model_kind == "multi_task"}, None,
+                      GateConfig(metrics=[GatedMetric("click", "auc", floor=0.99)]))
+    page = render(ReportData(
+        title="v7 <on> 2024-03-09", facts={"model version": "7"}, rows=rows, frame=frame, scorers=scorers,
+        rankings={"multi_task": ranked}, relevant=relevant, ks=[2, 4], history=history, decision=decision,
+        notes=["a note"],
+    ))
+    assert page.count("data:image/png;base64,") == 4  # ROC, calibration, Recall@K, history
+    assert "v7 &lt;on&gt; 2024-03-09" in page  # escaped
+    assert "Quality gate: would refuse" in page and "below the floor 0.99" in page
+    for text in ("<h3>click</h3>", "<h3>purchase_cvr</h3>", "<h3>repurchase_7d</h3>", "recall@4", "a note"):
+        assert text in page
+    assert "<h3>repurchase_30d</h3>" not in page
