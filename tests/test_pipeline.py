@@ -29,7 +29,9 @@ def _partition(spark, cfg, spec, ds):
 @pytest.fixture(scope="module")
 def pipeline_world(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline_world")
-    overrides = world_overrides(root, "pipeline.full_retrain_weekday=null")
+    # The tiny world and model test the chain's mechanics; gate quality is tested in test_gate.py.
+    overrides = world_overrides(root, "pipeline.full_retrain_weekday=null",
+                                "gate.metrics=[{task: click, metric: auc, floor: 0.5}]")
     cfg = load_config(LOCAL_CONF, overrides)
     run_generate(spark, cfg)
     return cfg, overrides
