@@ -286,7 +286,7 @@ MODEL_METRICS = TableSpec(
                "click, purchase (CTCVR over exposures), purchase_cvr (clicked exposures), repurchase_<N>d, "
                "or retrieval (next items over the whole catalogue)."),
         Column("metric", T.StringType(), False,
-               "auc, gauc, log_loss, calibration (mean prediction / mean label), positive_rate; "
+               "auc, gauc (per-user AUC, weighted by rows), log_loss, calibration (mean prediction / mean label); "
                "retrieval: recall, ndcg, hit_rate (at k), mrr."),
         Column("k", T.IntegerType(), True, "K of a ranking metric; null otherwise."),
         Column("value", T.DoubleType(), True, "The metric; null when undefined (e.g. AUC without positives)."),

@@ -8,7 +8,6 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from mtl import metrics as M
 from mtl.evaluate.metrics_table import (
@@ -210,3 +209,18 @@ def test_report_holds_tables_curves_and_history(frame):
     for text in ("<h3>click</h3>", "<h3>purchase_cvr</h3>", "<h3>repurchase_7d</h3>", "recall@4", "a note"):
         assert text in page
     assert "<h3>repurchase_30d</h3>" not in page
+
+
+def test_relevant_items_and_exclusions_index_the_catalogue():
+    from mtl.evaluate.data import index_pairs
+
+    users, items = np.array(["u1", "u2"], dtype=object), np.array(["a", "b", "c"], dtype=object)
+    clicked = pd.DataFrame({"user_id": ["u1", "u1", "u2", "u2"], "item_id": ["b", "new", "a", "c"]})
+    relevant, exclude = index_pairs(users, items, clicked, None)
+    assert exclude is None
+    assert relevant.user.tolist() == [0, 0, 1, 1] and relevant.item.tolist() == [1, 3, 0, 2]  # "new": past the end
+
+    seen = pd.DataFrame({"user_id": ["u2", "u2", "u1"], "item_id": ["a", "gone", "c"]})
+    relevant, exclude = index_pairs(users, items, clicked, seen)
+    assert exclude[0].tolist() == [1, 0] and exclude[1].tolist() == [0, 2]  # "gone" is not in the catalogue
+    assert sorted(zip(relevant.user.tolist(), relevant.item.tolist())) == [(0, 1), (0, 3), (1, 2)]  # u2's "a" was seen

@@ -158,7 +158,8 @@ def _assert_matches(actual: dict[str, list], expected: dict[str, list]) -> None:
         assert [r.rank for r in got] == list(range(1, len(ranked) + 1))
         for row, (_, score, p_click, p_purchase) in zip(got, ranked):
             assert row.score == pytest.approx(score, rel=1e-5)
-            assert (row.p_click, row.p_purchase) == (pytest.approx(p_click, rel=1e-5), pytest.approx(p_purchase, rel=1e-5))
+            assert row.p_click == pytest.approx(p_click, rel=1e-5)
+            assert row.p_purchase == pytest.approx(p_purchase, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +175,8 @@ def test_recommendations_and_repurchase_equal_plain_pytorch(spark, world):
     actual = _lists(spark, cfg)
     _assert_matches(actual, expected)
     assert {r.category_id for rows in actual.values() for r in rows} <= {"c1", "c2", "c3"}
-    assert all(r.category_id == CATEGORY[r.item_id] and r.model_version == version for rows in actual.values() for r in rows)
+    listed = [r for rows in actual.values() for r in rows]
+    assert all(r.category_id == CATEGORY[r.item_id] and r.model_version == version for r in listed)
 
     # Repurchase: every (user, item) and (user, category) bought within 90 days, active or not,
     # with the days since the last purchase.
@@ -251,7 +253,7 @@ def test_repurchasable_categories_by_rate(spark, world):
     )
     rule = ScoringFiltersConfig(repurchasable_categories=["w"], repurchasable_min_rate=0.5, repurchasable_min_buyers=2)
     # x: 2 of 3 buyers rebought; y: 0 of 2; z: 1 buyer, below the minimum
-    assert sorted(r.category_id for r in repurchasable_categories(cats, spark, rule).collect()) == ["w", "x"]
+    assert sorted(r.category_id for r in repurchasable_categories(spark, cats, rule).collect()) == ["w", "x"]
 
 
 def test_rerun_replaces_pseudonymises_and_a_failed_check_keeps_the_partition(spark, world, monkeypatch):
@@ -271,14 +273,14 @@ def test_rerun_replaces_pseudonymises_and_a_failed_check_keeps_the_partition(spa
     assert sorted(r.user_id for r in rows) == sorted(hashed[u] for u in ACTIVE for _ in range(2))
     assert {r.user_id for r in _published(spark, private, REPURCHASE_PREDICTIONS).collect()} == {
         hashed[u] for u in ("u1", "u2", "u6")}
-    version_before = spark.sql(f"DESCRIBE HISTORY delta.`{DAILY_RECOMMENDATIONS.path(private.storage)}`").first().version
+    history = f"DESCRIBE HISTORY delta.`{DAILY_RECOMMENDATIONS.path(private.storage)}`"
+    version_before = spark.sql(history).first().version
 
     broken = _publish(spark, private, root / "broken", broken_task="click")
-    with pytest.raises(OutputCheckError, match=r"daily_recommendations: 10 rows with a probability that is not in \[0, 1\]"):
+    with pytest.raises(OutputCheckError, match=r"daily_recommendations: 10 rows with a probability that is not in"):
         run_score(spark, _config(root, "scoring.k=2", f"scoring.model_version={broken}", *NO_FILTERS), D)
     assert sorted(r.user_id for r in _published(spark, private).collect()) == sorted(r.user_id for r in rows)
-    history = spark.sql(f"DESCRIBE HISTORY delta.`{DAILY_RECOMMENDATIONS.path(private.storage)}`").first()
-    assert history.version == version_before
+    assert spark.sql(history).first().version == version_before
     record = runs(spark, private).where("job = 'score'").orderBy("started_at").collect()[-1]
     assert record.status == "failed" and record.model_version == broken and "output checks failed" in record.error
     assert not (root / "warehouse" / "_staging" / "score" / record.run_id).exists()
@@ -299,10 +301,10 @@ def test_output_checks_catch_planted_violations(spark):
         "1 users whose ranks are not 1..n without gaps or repeats",)
     assert violations(good[:1] + [(D, "u1", 2, "i1", "c1", 0.2, 0.4, 0.2, "1")] + good[2:]) == (
         "1 users with an item listed twice",)
-    assert violations(good[:2] + [(D, "u2", 1, "i1", "c1", 0.1, 1.5, 0.1, "1")]) == (
-        "1 rows with a probability that is not in [0, 1] or a score that is not a finite number >= 0 (null and NaN count)",)
-    assert violations(good[:2] + [(D, "u2", 1, "i1", "c1", math.nan, 0.2, 0.1, "1")]) == (
-        "1 rows with a probability that is not in [0, 1] or a score that is not a finite number >= 0 (null and NaN count)",)
+    bad_row = "1 rows with a probability that is not in [0, 1] or a score that is not a finite number >= 0 " \
+        "(null and NaN count)"
+    assert violations(good[:2] + [(D, "u2", 1, "i1", "c1", 0.1, 1.5, 0.1, "1")]) == (bad_row,)
+    assert violations(good[:2] + [(D, "u2", 1, "i1", "c1", math.nan, 0.2, 0.1, "1")]) == (bad_row,)
 
     rep_schema = T.StructType([T.StructField(f.name, f.dataType, True) for f in REPURCHASE_PREDICTIONS.schema])
     rep = [(D, "u1", "i1", "c1", 0.2, 0.3, 2, "1"), (D, "u1", None, "c1", 0.2, 0.3, 2, "1")]
@@ -313,7 +315,8 @@ def test_output_checks_catch_planted_violations(spark):
                                  rep[0], (D, "u3", "i3", "c1", None, 0.3, 0, "1")]) == (
         "1 rows with a null user_id", "1 rows with neither an item nor a category",
         "1 repeated (user, item, category) rows",
-        "1 rows with p_repurchase_7d, p_repurchase_30d not in [0, 1] (null and NaN count) or days_since_last_purchase below 1",
+        "1 rows with p_repurchase_7d, p_repurchase_30d not in [0, 1] (null and NaN count) "
+        "or days_since_last_purchase below 1",
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
@@ -123,29 +124,13 @@ def ranking_task(split: Split, cfg: Config) -> RankingTask:
     # A fixed pseudo-random subset: hashing gives the same users on every rerun, whatever the partitioning.
     chosen = clickers.orderBy(F.xxhash64("user_id"), "user_id").limit(cfg.evaluation.ranking_users)
     users = np.array(sorted(r.user_id for r in chosen.collect()), dtype=object)
-    user_row = {u: i for i, u in enumerate(users)}
-
     catalogue = split.items.select("item_id", "category_id").orderBy("item_id").toPandas()
     items = catalogue["item_id"].to_numpy(dtype=object)
-    item_index = {item: i for i, item in enumerate(items)}
-    pairs = positives.join(chosen, "user_id").toPandas()
     seen = None
     if cfg.evaluation.exclude_seen:
-        seen_pairs = split.user_items.select("user_id", "item_id").join(chosen, "user_id").toPandas()
-        seen = (
-            np.fromiter((user_row[u] for u in seen_pairs["user_id"]), np.int64, len(seen_pairs)),
-            np.fromiter((item_index.get(i, -1) for i in seen_pairs["item_id"]), np.int64, len(seen_pairs)),
-        )
-        seen = (seen[0][seen[1] >= 0], seen[1][seen[1] >= 0])
-        # Seen items can never be recommended, so they are not relevant either.
-        seen_keys = set(zip(seen_pairs["user_id"], seen_pairs["item_id"]))
-        pairs = pairs[[(u, i) not in seen_keys for u, i in zip(pairs["user_id"], pairs["item_id"])]]
-    outside = sorted(set(pairs["item_id"]) - item_index.keys())
-    index_of = item_index | {item: len(items) + j for j, item in enumerate(outside)}
-    relevant = M.Relevance(
-        np.fromiter((user_row[u] for u in pairs["user_id"]), np.int64, len(pairs)),
-        np.fromiter((index_of[i] for i in pairs["item_id"]), np.int64, len(pairs)),
-    )
+        seen = split.user_items.select("user_id", "item_id").join(chosen, "user_id").toPandas()
+    relevant, exclude = index_pairs(users, items, positives.join(chosen, "user_id").toPandas(), seen)
+
     no_item = F.lit(None).cast("string")
     user_rows = model_inputs(
         chosen.select("user_id", no_item.alias("item_id"), no_item.alias("day_category_id"), F.lit("exposure").alias("row_kind")),
@@ -161,10 +146,30 @@ def ranking_task(split: Split, cfg: Config) -> RankingTask:
         items=items,
         item_categories=catalogue["category_id"].to_numpy(dtype=object),
         relevant=relevant,
-        exclude=seen,
+        exclude=exclude,
         clicking_users=clicking_users,
         relevant_outside_catalogue=int(np.count_nonzero(relevant.item >= len(items))),
         user_ids=chosen,
         user_rows=user_rows,
         item_rows=item_rows,
     )
+
+
+def index_pairs(users: np.ndarray, items: np.ndarray, clicked: pd.DataFrame, seen: Optional[pd.DataFrame]
+                ) -> tuple[M.Relevance, Optional[tuple[np.ndarray, np.ndarray]]]:
+    """Clicked (user_id, item_id) pairs as relevance over (rows of ``users``, indices of ``items``);
+    an item outside the catalogue gets an index past its end. With ``seen`` pairs, those are
+    returned as exclusions and dropped from the relevant items: what can never be recommended
+    cannot be missed either."""
+    user_index, item_index = pd.Index(users), pd.Index(items)
+    exclude = None
+    if seen is not None:
+        columns = item_index.get_indexer(seen["item_id"])
+        known = columns >= 0
+        exclude = (user_index.get_indexer(seen["user_id"])[known], columns[known])
+        marked = clicked.merge(seen.drop_duplicates(), on=["user_id", "item_id"], how="left", indicator=True)
+        clicked = marked[marked["_merge"] == "left_only"]
+    columns = item_index.get_indexer(clicked["item_id"])
+    outside = columns < 0
+    columns[outside] = len(items) + pd.factorize(clicked["item_id"].to_numpy()[outside])[0]
+    return M.Relevance(user_index.get_indexer(clicked["user_id"]).astype(np.int64), columns.astype(np.int64)), exclude

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from mtl import delta_io, registry
@@ -67,6 +68,7 @@ from mtl.models.config import ModelConfig
 from mtl.registry import Artifact
 from mtl.runs import RunRecorder
 from mtl.tables import EVENTS, MODEL_METRICS
+from mtl.train.artifacts import load_model
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +122,12 @@ def run_evaluate(spark: SparkSession, cfg: Config, ds: dt.date, model_version: O
         if ds <= window.last_day_used:
             raise InputError(f"ds {ds} is not held out from version {version}: it was trained and validated on "
                              f"ds {window.train_from}..{window.last_day_used}; evaluate a later day")
-        champion_version = registry.champion_version(cfg)
-        champion = None
-        if champion_version is not None and champion_version != version:
-            champion = registry.load_version(cfg, version=champion_version)
-
         split = read_split(spark, cfg, ds)
         run.tables_read = dict(split.tables_read)
         popularity = B.Popularity.of(split)
         notes = _notes(split)
+        champion_version = registry.champion_version(cfg)
+        champion = _comparable_champion(cfg, champion_version, version, notes)
         for label, (neg, pos) in split.label_counts.items():
             if not neg + pos:
                 notes.append(f"{label}: no labelled rows on {ds} (its window is not observed yet): not evaluated")
@@ -160,7 +159,7 @@ def run_evaluate(spark: SparkSession, cfg: Config, ds: dt.date, model_version: O
         history = read_metrics(spark, cfg, ds - dt.timedelta(days=cfg.evaluation.history_days), ds)
         page = report.render(report.ReportData(
             title=f"{cfg.tracking.registered_model} version {version} on {ds}",
-            facts=_facts(version, ds, window, champion_version, split, task, frame, run.run_id, cfg),
+            facts=_facts(version, ds, window, champion_version, split, task, run.run_id, cfg),
             rows=rows, frame=frame, scorers=scorers, rankings=rankings, relevant=task.relevant,
             ks=cfg.evaluation.ks, history=history, decision=decision,
             calibration_bins=cfg.evaluation.calibration_bins, notes=notes,
@@ -184,6 +183,22 @@ def _notes(split: Split) -> list[str]:
         return []
     return ["The log has no impressions: exposure negatives are sampled by popularity, so click (and purchase) "
             "AUC measures telling interactions from sampled items, not clicks from skipped impressions."]
+
+
+def _comparable_champion(cfg: Config, champion_version: Optional[str], version: str,
+                         notes: list[str]) -> Optional[Artifact]:
+    """The published version, to score next to the candidate; None when there is none, it is the
+    candidate, or this code cannot rebuild it (e.g. trained on another feature schema)."""
+    if champion_version is None or champion_version == version:
+        return None
+    artifact = registry.load_version(cfg, version=champion_version)
+    try:
+        load_model(artifact)
+    except InputError as exc:
+        notes.append(f"The champion (version {champion_version}) cannot be scored by this code, so the gate has "
+                     f"nothing to compare with: {exc}")
+        return None
+    return artifact
 
 
 def _tasks(artifact: Artifact) -> tuple[str, ...]:
@@ -210,7 +225,8 @@ def _binary_predictions(spark, cfg: Config, split: Split, popularity: B.Populari
                         window: TrainingWindow, twins: dict[str, Artifact]):
     """The predictions frame of ds (see metrics_table) and the scorers it holds."""
     wanted = set(cfg.evaluation.baselines)
-    df = split.examples
+    # Labels as doubles, null kept: NaN in pandas, where the metrics drop it.
+    df = split.examples.withColumns({label: F.col(label).cast("double") for label in LABELS})
     scorers = [Scorer("multi_task", True, candidate.version)]
     models = [ModelOutputs(candidate, {t: score_column("multi_task", t) for t in _tasks(candidate)})]
     if champion is not None:
@@ -234,7 +250,7 @@ def _binary_predictions(spark, cfg: Config, split: Split, popularity: B.Populari
                 B.fit_tabular(train, kind, task, cfg)
                 for kind in tabular
                 for task in BINARY_TASKS
-                if task.name == task.label and all(trainable[task.label])
+                if task.name == task.label and all(trainable[task.label]) and all(split.label_counts[task.label])
             ]
         df = B.add_tabular(df, fitted)
         scorers += [Scorer(kind, True) for kind in tabular]
@@ -244,8 +260,7 @@ def _binary_predictions(spark, cfg: Config, split: Split, popularity: B.Populari
         scorers.append(Scorer("single_task", True))
     baseline_columns = [score_column(s.kind, label) for s in scorers for label in LABELS
                         if score_column(s.kind, label) in df.columns]
-    scored = add_model_scores(df, models, KEEP + tuple(baseline_columns), cfg.evaluation.score_batch_size)
-    frame = scored.select(*[F.col(c).cast("double").alias(c) if c in LABELS else F.col(c) for c in scored.columns]).toPandas()
+    frame = add_model_scores(df, models, KEEP + tuple(baseline_columns), cfg.evaluation.score_batch_size).toPandas()
     return frame, scorers
 
 
@@ -288,19 +303,18 @@ def _rankings(spark, cfg: Config, split: Split, popularity: B.Popularity, task: 
 
 
 def _positions(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    at = {key: i for i, key in enumerate(keys)}
-    return np.fromiter((at[w] for w in wanted), np.int64, len(wanted))
+    return pd.Index(keys).get_indexer(wanted)
 
 
 def _facts(version: str, ds: dt.date, window: TrainingWindow, champion: Optional[str], split: Split,
-           task: RankingTask, frame, run_id: str, cfg: Config) -> dict[str, str]:
+           task: RankingTask, run_id: str, cfg: Config) -> dict[str, str]:
     return {
         "model version": version,
         "held-out ds": ds.isoformat(),
         "trained on": f"{window.train_from}..{window.train_to} ({window.mode})",
         "validated on": str(window.val_ds or "-"),
         "champion": f"version {champion}" if champion else "none published",
-        "rows scored": f"{len(frame):,}",
+        "rows scored": f"{split.rows:,}",
         "exposure negatives": "sampled (no impressions)" if split.sampled_negatives else "impressions",
         "item recommendation": (
             f"{len(task.users):,} of {task.clicking_users:,} users with a click ranked over {len(task.items):,} items"

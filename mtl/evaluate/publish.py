@@ -75,8 +75,9 @@ def run_publish(spark: SparkSession, cfg: Config, ds: dt.date, model_version: Op
         if current is not None:
             champion_rows = rows[(rows["model_kind"] == "champion") & (rows["scored_version"] == current)]
             if champion_rows.empty:
-                raise JobError(f"the evaluation of version {version} on {ds} did not score the current champion "
-                               f"(version {current}; it changed since): run mtl-evaluate --ds {ds} --model {version} again")
+                raise JobError(f"the evaluation of version {version} on {ds} has no scores of the current champion "
+                               f"(version {current}): the champion changed since, or could not be scored (see the "
+                               f"evaluate run's notes). Re-run mtl-evaluate --ds {ds} --model {version}")
             champion = _values(champion_rows)
         decision = decide(_values(rows[rows["model_kind"] == "multi_task"]), champion, cfg.gate, current)
         run.details["gate"] = decision.as_dict()

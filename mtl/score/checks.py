@@ -63,7 +63,8 @@ def check_recommendations(df: DataFrame, k: int) -> CheckResult:
         (t["over_k"], f"users with more than {k} rows"),
         (t["gaps"], "users whose ranks are not 1..n without gaps or repeats"),
         (t["repeats"], "users with an item listed twice"),
-        (t["bad_rows"], "rows with a probability that is not in [0, 1] or a score that is not a finite number >= 0 (null and NaN count)"),
+        (t["bad_rows"], "rows with a probability that is not in [0, 1] or a score that is not a finite number >= 0 "
+                        "(null and NaN count)"),
     ])
     return CheckResult("daily_recommendations", t["rows"], t["users"] - (1 if t["null_users"] else 0), violations)
 
@@ -86,7 +87,8 @@ def check_repurchase(df: DataFrame, probabilities: Sequence[str]) -> CheckResult
         (t["null_users"], "rows with a null user_id"),
         (t["no_target"], "rows with neither an item nor a category"),
         (t["rows"] - keys, "repeated (user, item, category) rows"),
-        (t["bad_rows"], f"rows with {', '.join(probabilities)} not in [0, 1] (null and NaN count) or days_since_last_purchase below 1"),
+        (t["bad_rows"], f"rows with {', '.join(probabilities)} not in [0, 1] (null and NaN count) "
+                        "or days_since_last_purchase below 1"),
     ])
     return CheckResult("repurchase_predictions", t["rows"], t["users"], violations)
 

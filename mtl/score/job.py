@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-from pyspark import Broadcast
+from pyspark import Accumulator, Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -36,6 +36,7 @@ from pyspark.sql import types as T
 from mtl import delta_io, registry
 from mtl.cli import job_parser, run_job
 from mtl.config import Config
+from mtl.data.loader import MODEL_FIELDS
 from mtl.errors import InputError
 from mtl.features.assemble import model_inputs
 from mtl.features.schema import REPURCHASE_HORIZONS_DAYS
@@ -142,7 +143,8 @@ def load_published(cfg: Config) -> tuple[Artifact, tuple[str, ...]]:
     model = load_model(artifact)
     missing = [t for t in RECOMMENDATION_TASKS if t not in model.tasks]
     if model.retrieval is None or missing:
-        lacks = ", ".join((["the retrieval head"] if model.retrieval is None else []) + [f"the {t} task" for t in missing])
+        lacks = ["the retrieval head"] if model.retrieval is None else []
+        lacks = ", ".join(lacks + [f"the {t} task" for t in missing])
         raise InputError(f"model version {artifact.version} cannot score recommendations: it lacks {lacks}")
     return artifact, model.tasks
 
@@ -194,12 +196,15 @@ def user_inputs(ctx: ScoringContext, users: DataFrame) -> DataFrame:
     return model_inputs(rows, f.users, f.items.limit(0), *f.no_pairs, ctx.defaults)
 
 
-def candidates(ctx: ScoringContext, catalogue: Broadcast, users: DataFrame) -> DataFrame:
-    """(user_id, item_id, day_category_id, retrieval_score): each user's exact top-M items."""
+def candidates(ctx: ScoringContext, catalogue: Broadcast, users: DataFrame, scan_seconds: Accumulator) -> DataFrame:
+    """(user_id, item_id, day_category_id, retrieval_score): each user's exact top-M items.
+    ``scan_seconds`` collects the task seconds spent in the scan."""
     sc = ctx.cfg.scoring
     # Spread the users over every core: the scan is the heavy part and each row is one user.
     inputs = user_inputs(ctx, users).repartition(ctx.spark.sparkContext.defaultParallelism)
-    stage = retrieval_stage(ctx.shipment, catalogue, sc.candidates, sc.item_block_size, sc.users_per_batch)
+    stage = retrieval_stage(
+        ctx.shipment, catalogue, sc.candidates, sc.item_block_size, sc.users_per_batch, scan_seconds
+    )
     return inputs.mapInPandas(stage, CANDIDATES_SCHEMA)
 
 
@@ -208,13 +213,9 @@ def recommendations(ctx: ScoringContext, cands: DataFrame) -> DataFrame:
     f, sc = ctx.features, ctx.cfg.scoring
     inputs = model_inputs(cands.withColumn("row_kind", F.lit("exposure")), f.users, f.items, f.user_cats, f.user_items,
                           ctx.defaults)
-    repurchasable = rank.repurchasable_categories(f.user_cats, ctx.spark, sc.filters)
+    repurchasable = rank.repurchasable_categories(ctx.spark, f.user_cats, sc.filters)
     inputs = rank.drop_recent_purchases(inputs, repurchasable, sc.filters.recent_purchase_days)
-    keep = ("user_id", "item_id", "category_id", "i_price")
-    schema = T.StructType(
-        [inputs.schema[c] for c in keep] + [T.StructField(c, T.DoubleType(), True) for c in RECOMMENDATION_TASKS.values()]
-    )
-    scored = inputs.mapInPandas(prediction_stage(ctx.shipment, keep, RECOMMENDATION_TASKS), schema)
+    scored = _predict(ctx, inputs, ("user_id", "item_id", "category_id", "i_price"), RECOMMENDATION_TASKS)
     top = rank.top_k(scored.withColumn("score", rank.score_column(sc)), sc.k, sc.filters.max_per_category)
     return top.select(
         F.lit(ctx.ds).alias("ds"), "user_id", "rank", "item_id", "category_id", "score", "p_click", "p_purchase",
@@ -229,28 +230,39 @@ def repurchase_predictions(ctx: ScoringContext) -> DataFrame:
     lookback = ctx.cfg.features.repurchase_lookback_days
     item_rows = f.user_items.where(
         (F.col("ui_purchase_days") > 0) & (F.col("ui_days_since_last_purchase") <= lookback)
-    ).select("user_id", "item_id", F.col("category_id").alias("day_category_id"), F.lit("repurchase_item").alias("row_kind"))
+    ).select(
+        "user_id", "item_id", F.col("category_id").alias("day_category_id"), F.lit("repurchase_item").alias("row_kind"),
+    )
     category_rows = f.user_cats.where(
         (F.col("uc_purchase_days") > 0) & (F.col("uc_days_since_last_purchase") <= lookback)
     ).select(
         "user_id", F.lit(None).cast("string").alias("item_id"), F.col("category_id").alias("day_category_id"),
         F.lit("repurchase_category").alias("row_kind"),
     )
-    inputs = model_inputs(item_rows.unionByName(category_rows), f.users, f.items, f.user_cats, f.user_items, ctx.defaults)
+    rows = item_rows.unionByName(category_rows)
+    inputs = model_inputs(rows, f.users, f.items, f.user_cats, f.user_items, ctx.defaults)
     days = F.when(F.col("row_kind") == "repurchase_item", F.col("ui_days_since_last_purchase")).otherwise(
         F.col("uc_days_since_last_purchase")
     )
     inputs = inputs.withColumn("days_since_last_purchase", days.cast("int"))
-    keep = ("user_id", "item_id", "category_id", "days_since_last_purchase")
     outputs = {task: column for task, column in REPURCHASE_TASKS.items() if task in ctx.tasks}
-    schema = T.StructType(
-        [inputs.schema[c] for c in keep] + [T.StructField(c, T.DoubleType(), True) for c in outputs.values()]
-    )
-    predicted = inputs.mapInPandas(prediction_stage(ctx.shipment, keep, outputs), schema)
+    predicted = _predict(ctx, inputs, ("user_id", "item_id", "category_id", "days_since_last_purchase"), outputs)
     absent = [F.lit(None).cast("double").alias(c) for t, c in REPURCHASE_TASKS.items() if t not in outputs]
     return predicted.select(
         F.lit(ctx.ds).alias("ds"), "*", *absent, F.lit(ctx.model_version).alias("model_version"),
     )
+
+
+def _predict(ctx: ScoringContext, inputs: DataFrame, keep: tuple[str, ...], outputs: dict[str, str]) -> DataFrame:
+    """The ``keep`` columns of model_inputs rows plus one probability column per task (task ->
+    column); only the model's own input columns travel to Python besides ``keep``. A
+    probability is nullable: Arrow turns a NaN from broken weights into null, which the
+    output checks then catch."""
+    fields = [f.name for f in MODEL_FIELDS if f.name not in keep]
+    schema = T.StructType(
+        [inputs.schema[c] for c in keep] + [T.StructField(c, T.DoubleType(), True) for c in outputs.values()]
+    )
+    return inputs.select(*keep, *fields).mapInPandas(prediction_stage(ctx.shipment, keep, outputs), schema)
 
 
 def run_score(spark: SparkSession, cfg: Config, ds: dt.date) -> ScoreResult:
@@ -271,8 +283,9 @@ def run_score(spark: SparkSession, cfg: Config, ds: dt.date) -> ScoreResult:
             result.seconds["prepare_and_embed_catalogue"] = time.perf_counter() - started
             log.info("ds %s: scoring %d active users over %d items with model version %s",
                      ds, result.active_users, result.catalogue_items, ctx.model_version)
+            scan_seconds = spark.sparkContext.accumulator(0.0)
             outputs = {
-                DAILY_RECOMMENDATIONS: recommendations(ctx, candidates(ctx, catalogue_bc, users)),
+                DAILY_RECOMMENDATIONS: recommendations(ctx, candidates(ctx, catalogue_bc, users, scan_seconds)),
                 REPURCHASE_PREDICTIONS: repurchase_predictions(ctx),
             }
             if key is not None:
@@ -280,6 +293,7 @@ def run_score(spark: SparkSession, cfg: Config, ds: dt.date) -> ScoreResult:
                            for spec, df in outputs.items()}
             required = [c for t, c in REPURCHASE_TASKS.items() if t in ctx.tasks]
             _stage_check_publish(spark, cfg, ds, run.run_id, outputs, required, result)
+            result.seconds["retrieval_scan_task_seconds"] = scan_seconds.value
         finally:
             for broadcast in (ctx.shipment, catalogue_bc):
                 if broadcast is not None:

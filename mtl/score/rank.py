@@ -43,7 +43,7 @@ def catalogue(spark: SparkSession, items: DataFrame, cfg: ScoringItemsConfig, ds
     return table.where(F.col("item_id").isNotNull()).groupBy("item_id").agg(F.max("category_id").alias("category_id"))
 
 
-def repurchasable_categories(user_cats: DataFrame, spark: SparkSession, cfg: ScoringFiltersConfig) -> DataFrame:
+def repurchasable_categories(spark: SparkSession, user_cats: DataFrame, cfg: ScoringFiltersConfig) -> DataFrame:
     """(category_id) of the categories people rebuy: listed in config, or where at least
     ``repurchasable_min_rate`` of the category's buyers (at least ``repurchasable_min_buyers``)
     bought on two or more days in the history window."""

@@ -7,6 +7,7 @@ model's batch with ``mtl.data.loader.to_arrays``, so scoring feeds the model lik
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from pyspark import Broadcast, TaskContext
+from pyspark import Accumulator, Broadcast, TaskContext
 from pyspark.sql import types as T
 
 from mtl.data.loader import MODEL_FIELDS, to_arrays
@@ -69,8 +70,8 @@ def worker_model(shipment: Broadcast) -> MultiTaskRecModel:
         _MODELS.clear()
         model = _MODELS[value.key] = load_model(value.artifact)
         context = TaskContext.get()
-        # One intra-op thread per CPU of the task: parallel tasks must not oversubscribe cores.
-        torch.set_num_threads(context.cpus() if context is not None else torch.get_num_threads())
+        if context is not None:  # one intra-op thread per CPU of the task: tasks must not oversubscribe cores
+            torch.set_num_threads(context.cpus())
     return model
 
 
@@ -93,13 +94,18 @@ def item_vectors_stage(shipment: Broadcast) -> PandasStage:
         for frame in frames:
             with torch.inference_mode():
                 vectors = _finite(model.item_vectors(model_batch(frame)), "item").numpy()
-            yield pd.DataFrame({"item_id": frame["item_id"], "category_id": frame["category_id"], "vector": list(vectors)})
+            yield pd.DataFrame(
+                {"item_id": frame["item_id"], "category_id": frame["category_id"], "vector": list(vectors)}
+            )
 
     return run
 
 
-def retrieval_stage(shipment: Broadcast, catalogue: Broadcast, m: int, block_size: int, users_per_batch: int) -> PandasStage:
-    """Rows of model_inputs for users -> their exact top-m catalogue items by inner product."""
+def retrieval_stage(
+    shipment: Broadcast, catalogue: Broadcast, m: int, block_size: int, users_per_batch: int, scan_seconds: Accumulator
+) -> PandasStage:
+    """Rows of model_inputs for users -> their exact top-m catalogue items by inner product.
+    ``scan_seconds`` sums the task time spent in the scan itself (what its FLOP/s are measured on)."""
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model = worker_model(shipment)
@@ -110,7 +116,9 @@ def retrieval_stage(shipment: Broadcast, catalogue: Broadcast, m: int, block_siz
                 part = frame.iloc[start:start + users_per_batch]
                 with torch.inference_mode():
                     user_vecs = _finite(model.user_vectors(model_batch(part)), "user")
+                started = time.perf_counter()
                 scores, rows = blocked_top_m(user_vecs, item_vecs, m, block_size)
+                scan_seconds.add(time.perf_counter() - started)
                 rows = rows.numpy().ravel()
                 yield pd.DataFrame({
                     "user_id": np.repeat(part["user_id"].to_numpy(), scores.shape[1]),
