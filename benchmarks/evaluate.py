@@ -45,11 +45,11 @@ from mtl.train.job import run_train  # noqa: E402
 DAY = dt.timedelta(days=1)
 SAMPLE = ROOT.parent / "shared" / "data" / "taobao_user_behavior_sample.csv"
 ALL_BASELINES = "evaluation.baselines=[popularity, category_popularity, als, logistic_regression, gbt, single_task, recency_frequency]"
-# Sized for a few thousand users: 8-dim ids, small experts; the streaming item-frequency
-# estimate (log-Q correction) adapts fast enough for a few hundred steps an epoch.
+# Sized for a few thousand users and up to ~100k items; the streaming item-frequency estimate
+# (log-Q correction) adapts fast enough for a few hundred steps an epoch.
 MODEL = """\
 extends: {root}/conf/models/mmoe.yaml
-embedding: {{dim: 16, buckets: {{user: 65536, item: 16384, category: 1024, row_kind: 8}}}}
+embedding: {{dim: 16, buckets: {{user: 65536, item: 131072, category: 8192, row_kind: 8}}}}
 architecture: {{experts: 4, expert_units: [64], tower_units: [32], dropout: 0.1}}
 retrieval: {{dim: 32, tower_units: [64], frequency_buckets: 65536, temperature: 0.1, frequency_alpha: 0.1}}
 optimizer: {{lr: 0.002, sparse_lr: 0.01}}
@@ -97,12 +97,13 @@ def train_evaluate_publish(spark, cfg, ds: dt.date) -> tuple[EvaluationResult, s
 
 
 def generator_part(args) -> str:
-    work = Path(args.work) / f"generator_{args.users}u_{args.items}i_{args.days}d"
+    work = Path(args.work) / f"generator_{args.users}u_{args.items}i_{args.days}d_pop{args.popularity_exponent:g}"
     start = dt.date(2024, 3, 1)
-    ds = start + (args.days - 8) * DAY  # the last day whose 7-day repurchase window is observed
+    ds = start + (args.days - 7) * DAY  # the last day whose 7-day repurchase window is observed
     cfg = load_config(args.conf, base_overrides(work) + [
         "generator.output_format=canonical", f"generator.users={args.users}", f"generator.items={args.items}",
         f"generator.categories={args.categories}", f"generator.days={args.days}", f"generator.start_date={start}",
+        f"generator.popularity_exponent={args.popularity_exponent}",
         f"generator.output={work / 'raw'}", "ingest.format=canonical", f"ingest.input={work / 'raw' / 'events'}",
         f"training.window_days={args.window}", *args.overrides,
     ])
@@ -115,7 +116,8 @@ def generator_part(args) -> str:
     result, gate = train_evaluate_publish(spark, cfg, ds)
     oracle = oracle_aucs(spark, cfg, work, ds, (ds - start).days)
     title = (f"Generated world: {args.users:,} users, {args.items:,} items, {args.categories} categories, "
-             f"{args.days} days (canonical: real impressions); trained on ds {ds - args.window * DAY}..{ds - 2 * DAY}, "
+             f"{args.days} days, popularity exponent {args.popularity_exponent:g} (canonical: real impressions); "
+             f"trained on ds {ds - args.window * DAY}..{ds - 2 * DAY}, "
              f"validated on {ds - DAY}, evaluated on {ds}")
     return tables(title, result, gate, oracle)
 
@@ -201,11 +203,12 @@ def main() -> int:
     parser.add_argument("--part", nargs="+", choices=("generator", "taobao"), default=["generator", "taobao"])
     parser.add_argument("--conf", default=str(ROOT / "conf" / "local.yaml"))
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "evaluate"))
-    parser.add_argument("--users", type=int, default=3000)
-    parser.add_argument("--items", type=int, default=1000)
-    parser.add_argument("--categories", type=int, default=30)
-    parser.add_argument("--days", type=int, default=24)
-    parser.add_argument("--window", type=int, default=8, help="training.window_days on generated data")
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--items", type=int, default=500)
+    parser.add_argument("--categories", type=int, default=20)
+    parser.add_argument("--days", type=int, default=21)
+    parser.add_argument("--popularity-exponent", type=float, default=1.0, help="generator.popularity_exponent")
+    parser.add_argument("--window", type=int, default=7, help="training.window_days on generated data")
     parser.add_argument("--taobao-window", type=int, default=7, help="training.window_days on the Taobao sample")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
     args = parser.parse_args()

@@ -21,7 +21,9 @@ Measured in one process, in this order:
 2. the scan kernel alone: blocked_top_m for a sample of real user vectors over the real
    catalogue vectors, one thread;
 3. the retrieval stage on Spark: user model inputs -> user tower -> blocked top-M for every user,
-   written to Spark's noop sink (what the job runs before ranking);
+   written to Spark's noop sink (what the job runs before ranking), --repeats times, each followed
+   by a matmul measurement; the best attempt is compared with the best matmul (the machine is
+   shared: other people's load only ever slows a measurement down);
 4. the whole job, run_score: users/s;
 5. peak extra resident memory of blocked_top_m (512 users) at N, 4N and 16N items, each in a
    fresh process.
@@ -81,6 +83,8 @@ def memory_probe(n_items: int, dim: int, m: int, block: int) -> dict:
     torch.set_num_threads(1)
     items = torch.nn.functional.normalize(torch.randn(n_items, dim), dim=1)
     users = torch.nn.functional.normalize(torch.randn(512, dim), dim=1)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak (VmHWM) to the current size: setup's temporaries do not count
     baseline = status("VmRSS:")
     blocked_top_m(users, items, m, block)
     return {"items": n_items, "item_matrix_mb": items.numel() * 4 / 2**20,
@@ -178,6 +182,7 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--categories", type=int, default=1_000)
     parser.add_argument("--kernel-users", type=int, default=4096, help="users of the single-thread kernel measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="attempts of the retrieval stage (the best counts)")
     parser.add_argument("--conf", default=str(ROOT / "conf" / "local.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "score"))
@@ -244,24 +249,32 @@ def main() -> int:
     torch.set_num_threads(os.cpu_count())
     print(json.dumps(out["kernel"]), flush=True)
 
-    # The retrieval stage on Spark, every user.
+    # The retrieval stage on Spark, every user; each attempt followed by a matmul measurement.
     catalogue_bc = spark.sparkContext.broadcast(catalogue)
     n_users = users.count()
-    scan_seconds = spark.sparkContext.accumulator(0.0)
-    start = time.perf_counter()
-    job.candidates(ctx, catalogue_bc, users, scan_seconds).write.format("noop").mode("overwrite").save()
-    seconds = time.perf_counter() - start
-    machine = matmul_flops(os.cpu_count())
     flop = retrieval_flops(n_users, len(items), dim)
     cores = spark.sparkContext.defaultParallelism
+    attempts, machine = [], []
+    for _ in range(args.repeats):
+        scan_seconds = spark.sparkContext.accumulator(0.0)
+        start = time.perf_counter()
+        job.candidates(ctx, catalogue_bc, users, scan_seconds).write.format("noop").mode("overwrite").save()
+        attempts.append((time.perf_counter() - start, scan_seconds.value))
+        machine.append(matmul_flops(os.cpu_count()))
+        print(f"retrieval stage: {attempts[-1][0]:.1f}s, scan task seconds {attempts[-1][1]:.1f}, "
+              f"matmul {machine[-1] / 1e9:.0f} GFLOP/s", flush=True)
+    # Best of the attempts against the best matmul: the machine is shared, and other people's
+    # load only ever slows a measurement down.
+    seconds, scan_task_seconds = min(attempts)
+    best_machine = max(machine)
     stage = out["retrieval_stage"] = {
-        "users": n_users, "seconds": seconds, "users_per_s": n_users / seconds, "gflops": flop / seconds / 1e9,
-        "matmul_gflops": machine / 1e9,
+        "users": n_users, "attempts_s": [a for a, _ in attempts], "seconds": seconds, "users_per_s": n_users / seconds,
+        "gflops": flop / seconds / 1e9, "matmul_gflops": [m / 1e9 for m in machine],
         # the scan alone inside the tasks: its task seconds spread over the cores running them
-        "scan_task_seconds": scan_seconds.value, "scan_gflops": flop / (scan_seconds.value / cores) / 1e9,
+        "scan_task_seconds": scan_task_seconds, "scan_gflops": flop / (scan_task_seconds / cores) / 1e9,
     }
-    stage["share_of_matmul"] = stage["gflops"] * 1e9 / machine
-    stage["scan_share_of_matmul"] = stage["scan_gflops"] * 1e9 / machine
+    stage["share_of_matmul"] = stage["gflops"] * 1e9 / best_machine
+    stage["scan_share_of_matmul"] = stage["scan_gflops"] * 1e9 / best_machine
     catalogue_bc.destroy()
     ctx.shipment.destroy()
     print(json.dumps(out["retrieval_stage"]), flush=True)

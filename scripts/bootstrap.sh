@@ -23,7 +23,7 @@ java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head
 [ "${java_major:-0}" -ge 17 ] || die "Java 17 or newer is required, found ${java_major:-unknown}"
 command -v cmake >/dev/null && command -v g++ >/dev/null || die "cmake and g++ are needed to build Horovod (apt-get install cmake g++)"
 
-stamp_key=$(cat "$ROOT/setup.cfg" "$ROOT"/scripts/*.sh | sha256sum | cut -c1-16)-gpu$HOROVOD_GPU
+stamp_key=$(cat "$ROOT/setup.cfg" "$ROOT/scripts/bootstrap.sh" "$ROOT/scripts/build_horovod.sh" | sha256sum | cut -c1-16)-gpu$HOROVOD_GPU
 stamp="$VENV/.bootstrap-stamp"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_key" ]; then
   say "environment $VENV is up to date"

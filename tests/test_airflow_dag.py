@@ -240,6 +240,9 @@ def test_steps_module_is_standard_library_only_and_matches_the_jobs():
     for step in steps.STEPS:
         assert (ROOT / step.script).is_file(), step.script
     assert steps.STEP_NAMES == JOBS
+    from mtl.pipeline import runner
+
+    assert tuple(getattr(runner, "STEPS", steps.STEP_NAMES)) == steps.STEP_NAMES  # the local runner's order
     assert steps.STEP_NAMES.index(steps.GATE_STEP) + 1 == steps.STEP_NAMES.index("score")
     assert {c.table for c in steps.QUALITY_CHECKS} == {*steps.OUTPUT_TABLES, "both"}
 
@@ -324,7 +327,7 @@ def test_check_outputs_passes_good_partitions_and_names_every_violation(spark, m
         assert check_outputs_main([*conf, "--ds", str(BAD)]) == 1
         err = capsys.readouterr().err
     finally:  # the job pointed logging at pytest's captured stderr, which closes after the test
-        logging.basicConfig(stream=sys.__stderr__, force=True)
+        logging.getLogger().handlers.clear()
     assert "the outputs of ds 2024-03-10 fail" in err
     assert "daily_recommendations: 1 rows with a null user_id" in err
     assert "daily_recommendations: 1 users whose ranks are not 1..n" in err

@@ -21,6 +21,7 @@ from mtl import registry
 from mtl.errors import InputError
 from mtl.evaluate.job import main as evaluate_main
 from mtl.evaluate.job import run_evaluate
+from mtl.evaluate.metrics_table import read_metrics, write_metrics
 from mtl.evaluate.publish import GATE_TAG, GateRefused, run_publish
 from mtl.tables import MODEL_METRICS, TRAINING_EXAMPLES
 from mtl.train.job import run_train
@@ -50,7 +51,7 @@ Q = START + 14 * DAY  # 21 days generated; trained on Q-7..Q-2, validated on Q-1
 # The benchmark's model (benchmarks/evaluate.py), for a world of a couple of thousand users.
 QUALITY_MODEL = """\
 extends: {root}/conf/models/mmoe.yaml
-embedding: {{dim: 16, buckets: {{user: 65536, item: 16384, category: 1024, row_kind: 8}}}}
+embedding: {{dim: 16, buckets: {{user: 65536, item: 131072, category: 8192, row_kind: 8}}}}
 architecture: {{experts: 4, expert_units: [64], tower_units: [32], dropout: 0.1}}
 retrieval: {{dim: 32, tower_units: [64], frequency_buckets: 65536, temperature: 0.1, frequency_alpha: 0.1}}
 optimizer: {{lr: 0.002, sparse_lr: 0.01}}
@@ -89,9 +90,17 @@ def _row_tuples(rows):
 
 def test_metrics_table_report_and_mlflow(spark, world, evaluated):
     version, result = evaluated
-    written = read_table(spark, world, MODEL_METRICS).where((F.col("ds") == F.lit(D)) & (F.col("model_version") == version))
-    assert _row_tuples(written.collect()) == _row_tuples(result.rows)
-    assert {r.run_id for r in written.select("run_id").distinct().collect()} == {result.run_id}
+    table = read_table(spark, world, MODEL_METRICS).where(F.col("ds") == F.lit(D))
+    assert _row_tuples(table.collect()) == _row_tuples(result.rows)
+    assert {r.run_id for r in table.select("run_id").distinct().collect()} == {result.run_id}
+    assert table.schema == MODEL_METRICS.schema
+    # A rerun replaces the (ds, version) rows it wrote, and only those.
+    when = dt.datetime(2024, 3, 10)
+    write_metrics(spark, world, result.rows[:3], run_id="other", model_version="other", ds=D, evaluated_at=when)
+    write_metrics(spark, world, result.rows, run_id=result.run_id, model_version=version, ds=D, evaluated_at=when)
+    assert sorted(read_metrics(spark, world, D, D)["model_version"].value_counts().items()) == [
+        ("other", 3), (version, len(result.rows))]
+    assert read_metrics(spark, world, D + DAY, D + 2 * DAY).empty
 
     metrics = {(r.model_kind, r.task, r.metric, r.k): r for r in result.rows}
     binary = {"auc", "gauc", "log_loss", "calibration"}

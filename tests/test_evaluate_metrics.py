@@ -1,5 +1,5 @@
-"""The metrics table on a fixed small case: complete rows whose values are those of mtl.metrics,
-top-K over the catalogue, the report's curves, and model_metrics replacing a rerun's rows."""
+"""The metrics table on a fixed small case: complete rows whose values are those of mtl.metrics;
+top-K over the catalogue; relevance and exclusions; the report."""
 
 from __future__ import annotations
 
@@ -11,18 +11,13 @@ import pytest
 
 from mtl import metrics as M
 from mtl.evaluate.metrics_table import (
-    MetricRow,
     Scorer,
     binary_metric_rows,
     ranking_metric_rows,
-    read_metrics,
     score_column,
-    write_metrics,
 )
 from mtl.evaluate.predict import inner_product, top_k
 from mtl.evaluate.report import reliability, roc_points
-from tests.helpers import read_table
-from mtl.tables import MODEL_METRICS
 
 NAN = float("nan")
 EXPOSURE, ITEM, CATEGORY = "exposure", "repurchase_item", "repurchase_category"
@@ -159,25 +154,6 @@ def test_curves():
     mean_p, rate = reliability(labels, scores, bins=2)
     assert mean_p == pytest.approx([np.mean([0.3, 0.3, 0.1]), np.mean([0.9, 0.8, 0.7])])
     assert rate == pytest.approx([1 / 3, 2 / 3])
-
-
-def test_model_metrics_rerun_replaces_its_own_rows_only(spark, make_config):
-    cfg = make_config()
-    ds, when = dt.date(2024, 3, 9), dt.datetime(2024, 3, 10, 6)
-    first = [MetricRow("multi_task", "click", "auc", None, 0.71, 100, "1"), MetricRow("als", "retrieval", "recall", 20, 0.2, 9)]
-    write_metrics(spark, cfg, first, run_id="r1", model_version="1", ds=ds, evaluated_at=when)
-    write_metrics(spark, cfg, first[:1], run_id="r2", model_version="2", ds=ds, evaluated_at=when)
-    rerun = [MetricRow("multi_task", "click", "auc", None, 0.73, 100, "1"), MetricRow("popularity", "click", "auc", None, None, 100)]
-    commit = write_metrics(spark, cfg, rerun, run_id="r3", model_version="1", ds=ds, evaluated_at=when)
-    assert commit.rows_written == 2
-
-    table = read_table(spark, cfg, MODEL_METRICS)
-    got = sorted((r.run_id, r.model_version, r.model_kind, r.value) for r in table.collect())
-    assert got == [("r2", "2", "multi_task", 0.71), ("r3", "1", "multi_task", 0.73), ("r3", "1", "popularity", None)]
-    assert table.schema == MODEL_METRICS.schema
-    frame = read_metrics(spark, cfg, ds, ds, model_version="1")
-    assert sorted(frame["model_kind"]) == ["multi_task", "popularity"]
-    assert read_metrics(spark, cfg, ds + dt.timedelta(days=1), ds + dt.timedelta(days=2)).empty
 
 
 def test_report_holds_tables_curves_and_history(frame):

@@ -27,7 +27,7 @@ from mtl.models.config import load_model_config
 from mtl.models.model import build_model
 from mtl.score.checks import OutputCheckError, check_recommendations, check_repurchase
 from mtl.score.job import main, read_features, run_score
-from mtl.score.rank import repurchasable_categories
+from mtl.score.rank import repurchasable_categories, score_column
 from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
 from mtl.train.artifacts import load_model, read_feature_stats, save_model
 from tests.conftest import LOCAL_CONF, ROOT, TEST_OVERRIDES
@@ -254,6 +254,14 @@ def test_repurchasable_categories_by_rate(spark, world):
     rule = ScoringFiltersConfig(repurchasable_categories=["w"], repurchasable_min_rate=0.5, repurchasable_min_buyers=2)
     # x: 2 of 3 buyers rebought; y: 0 of 2; z: 1 buyer, below the minimum
     assert sorted(r.category_id for r in repurchasable_categories(spark, cats, rule).collect()) == ["w", "x"]
+
+
+def test_score_formula(spark, make_config):
+    sc = make_config("scoring.alpha=0.5", "scoring.beta=1.0", "scoring.min_price=2.0").scoring
+    rows = spark.createDataFrame([(0.5, 0.2, 10.0), (0.1, 0.3, 0.0)], "p_click double, p_purchase double, i_price double")
+    # pCTR x min(p_purchase / pCTR, 1)^alpha x max(price, min_price)^beta
+    assert [r.s for r in rows.select(score_column(sc).alias("s")).collect()] == pytest.approx(
+        [0.5 * 0.4**0.5 * 10.0, 0.1 * 1.0 * 2.0])
 
 
 def test_rerun_replaces_pseudonymises_and_a_failed_check_keeps_the_partition(spark, world, monkeypatch):

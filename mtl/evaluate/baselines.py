@@ -213,16 +213,15 @@ def fit_tabular(train: DataFrame, kind: TabularKind, task: BinaryTask, cfg: Conf
     p = f"{_TAB}{kind}_{task.label}_"
     inputs = [f"{_TAB}{c}" for c in dense_columns()] + [f"{_TAB}category_row"]
     assembler = VectorAssembler(inputCols=inputs, outputCol=f"{p}x")
-    common = dict(labelCol=f"{p}y", probabilityCol=f"{p}prob", rawPredictionCol=f"{p}raw", predictionCol=f"{p}pred")
     if kind == "logistic_regression":
-        stages = [
-            assembler,
-            StandardScaler(inputCol=f"{p}x", outputCol=f"{p}xs", withMean=True, withStd=True),
-            LogisticRegression(featuresCol=f"{p}xs", maxIter=tc.lr_max_iter, regParam=tc.lr_reg_param, **common),
-        ]
+        scaler = StandardScaler(inputCol=f"{p}x", outputCol=f"{p}xs", withMean=True, withStd=True)
+        classifier = LogisticRegression(featuresCol=f"{p}xs", maxIter=tc.lr_max_iter, regParam=tc.lr_reg_param)
+        stages = [assembler, scaler, classifier]
     else:
-        stages = [assembler, GBTClassifier(featuresCol=f"{p}x", maxIter=tc.gbt_max_iter, maxDepth=tc.gbt_max_depth,
-                                           seed=tc.seed, **common)]
+        classifier = GBTClassifier(featuresCol=f"{p}x", maxIter=tc.gbt_max_iter, maxDepth=tc.gbt_max_depth, seed=tc.seed)
+        stages = [assembler, classifier]
+    # Own column names per model, so several models can score the same rows one after another.
+    classifier.setLabelCol(f"{p}y").setProbabilityCol(f"{p}prob").setRawPredictionCol(f"{p}raw").setPredictionCol(f"{p}pred")
     rows = (
         _tabular_inputs(train.where(_population(task) & F.col(task.label).isNotNull()))
         .withColumn(f"{p}y", F.col(task.label).cast("double"))

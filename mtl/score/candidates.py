@@ -41,8 +41,8 @@ def retrieval_flops(users: int, items: int, dim: int) -> int:
 
 @torch.no_grad()
 def blocked_top_m(user_vecs: Tensor, item_vecs: Tensor, m: int, block_size: int) -> tuple[Tensor, Tensor]:
-    """The ``m`` items of largest inner product for each user: (scores [B, m'], item rows [B, m']),
-    best first, with m' = min(m, items); among equal scores the lower item row comes first.
+    """The ``m`` items of largest inner product for each user: (scores [B, m'], item rows [B, m'])
+    with m' = min(m, items), in no particular order within a row (ranking re-sorts them anyway).
     Exact: the items and scores of ``torch.topk(user_vecs @ item_vecs.T, m')``, up to which of
     several items tied at the m'-th score is kept."""
     if m < 1 or block_size < 1:
@@ -52,15 +52,14 @@ def blocked_top_m(user_vecs: Tensor, item_vecs: Tensor, m: int, block_size: int)
     if users == 0 or m == 0:
         return user_vecs.new_empty((users, m)), torch.empty((users, m), dtype=torch.long)
     if n_items <= block_size:
-        best, best_idx = torch.topk(user_vecs @ item_vecs.T, m, dim=1)
-        return _ordered(best, best_idx)
+        return torch.topk(user_vecs @ item_vecs.T, m, dim=1, sorted=False)
 
     best, best_idx = _scan(user_vecs, item_vecs, m, block_size, _guess(user_vecs, item_vecs, m, block_size))
     short = torch.nonzero(torch.isneginf(best).any(dim=1)).flatten()
     if short.numel():
         no_floor = user_vecs.new_full((short.numel(), 1), float("-inf"))
         best[short], best_idx[short] = _scan(user_vecs[short], item_vecs, m, block_size, no_floor)
-    return _ordered(best, best_idx)
+    return best, best_idx
 
 
 def _guess(user_vecs: Tensor, item_vecs: Tensor, m: int, sample_size: int) -> Tensor:
@@ -109,8 +108,8 @@ def _hits(scores: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     if stride and width % CHUNK == 0:
         chunks = scores.view(users, CHUNK, stride)
         hit_chunks = chunks.amax(dim=1) >= threshold
-        if hit_chunks.sum() <= DENSE_HITS * hit_chunks.numel():
-            rows, chunk = torch.nonzero(hit_chunks, as_tuple=True)
+        rows, chunk = torch.nonzero(hit_chunks, as_tuple=True)
+        if rows.numel() <= DENSE_HITS * hit_chunks.numel():
             values = chunks[rows, :, chunk]  # [chunks hit, CHUNK]
             hit, offset = torch.nonzero(values >= threshold[rows], as_tuple=True)
             return rows[hit], offset * stride + chunk[hit], values[hit, offset]
@@ -143,10 +142,8 @@ def _merge(best: Tensor, best_idx: Tensor, hits: tuple[Tensor, Tensor, Tensor]) 
     m-th best [B, 1]. The hits of each user are laid out in a padded [users hit, most hits] tile
     and merged with those users' running best by one topk."""
     rows, values, items = hits
-    users, per_user = torch.unique_consecutive(rows, return_counts=True)
-    first_hit = torch.cumsum(per_user, 0) - per_user
-    slot = torch.arange(rows.numel()) - torch.repeat_interleave(first_hit, per_user)
-    which = torch.repeat_interleave(torch.arange(users.numel()), per_user)
+    users, which, per_user = torch.unique_consecutive(rows, return_inverse=True, return_counts=True)
+    slot = torch.arange(rows.numel()) - torch.searchsorted(rows, rows)  # position among the user's hits
     width = int(per_user.max())
     new_values = values.new_full((users.numel(), width), float("-inf"))
     new_items = items.new_zeros((users.numel(), width))
@@ -159,10 +156,3 @@ def _merge(best: Tensor, best_idx: Tensor, hits: tuple[Tensor, Tensor, Tensor]) 
     best_idx[users] = pool_items.gather(1, at)
     return best.min(dim=1, keepdim=True).values
 
-
-def _ordered(best: Tensor, best_idx: Tensor) -> tuple[Tensor, Tensor]:
-    """Best first; equal scores by item row (a stable sort by score of rows sorted by item)."""
-    by_item = torch.argsort(best_idx, dim=1)
-    best, best_idx = best.gather(1, by_item), best_idx.gather(1, by_item)
-    order = torch.argsort(best, dim=1, descending=True, stable=True)
-    return best.gather(1, order), best_idx.gather(1, order)
