@@ -44,7 +44,8 @@ from mtl.train.job import run_train  # noqa: E402
 
 DAY = dt.timedelta(days=1)
 SAMPLE = ROOT.parent / "shared" / "data" / "taobao_user_behavior_sample.csv"
-ALL_BASELINES = "evaluation.baselines=[popularity, category_popularity, als, logistic_regression, gbt, single_task, recency_frequency]"
+ALL_BASELINES = ("evaluation.baselines=[popularity, category_popularity, als, logistic_regression, gbt, single_task, "
+                 "recency_frequency]")
 # Sized for a few thousand users and up to ~100k items; the streaming item-frequency estimate
 # (log-Q correction) adapts fast enough for a few hundred steps an epoch.
 MODEL = """\
@@ -175,7 +176,8 @@ def tables(title: str, result: EvaluationResult, gate: str, oracle: dict[str, fl
         if not present:
             continue
         n = by[present[0], task.name, "auc", None].n_examples
-        out += ["", f"**{task.name}** ({n:,} rows)", "", "| model | AUC | GAUC | log loss | calibration |", "|---|---:|---:|---:|---:|"]
+        out += ["", f"**{task.name}** ({n:,} rows)", "", "| model | AUC | GAUC | log loss | calibration |",
+                "|---|---:|---:|---:|---:|"]
         for kind in present:
             cells = [_fmt(by.get((kind, task.name, m, None))) for m in ("auc", "gauc", "log_loss", "calibration")]
             out.append(f"| {kind} | " + " | ".join(cells) + " |")

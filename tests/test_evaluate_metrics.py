@@ -94,7 +94,9 @@ def test_undefined_metrics_are_null(frame):
     frame["purchase"] = np.where(frame["row_kind"] == EXPOSURE, 0.0, NAN)  # no positive: no AUC, no calibration
     rows = {(r.task, r.metric): r.value for r in binary_metric_rows(frame, [Scorer("model", True)])}
     assert rows["purchase", "auc"] is None and rows["purchase", "calibration"] is None
-    assert rows["purchase", "log_loss"] == pytest.approx(M.log_loss(np.zeros(8), _scores(frame, "model", "purchase", np.arange(8))))
+    exposures = np.arange(8)
+    assert rows["purchase", "log_loss"] == pytest.approx(
+        M.log_loss(np.zeros(8), _scores(frame, "model", "purchase", exposures)))
 
 
 def test_ranking_rows_equal_the_metric_functions():

@@ -257,7 +257,8 @@ def als_tile(spark: SparkSession, cfg: Config, ds: dt.date, events_version: int,
     ac = cfg.evaluation.als
     events = spark.read.format("delta").option("versionAsOf", events_version).load(EVENTS.path(cfg.storage))
     pairs = (
-        events.where(F.col("event_date").between(F.lit(ds - dt.timedelta(days=ac.window_days)), F.lit(ds - dt.timedelta(days=1))))
+        events.where(F.col("event_date").between(F.lit(ds - dt.timedelta(days=ac.window_days)),
+                                                 F.lit(ds - dt.timedelta(days=1))))
         .where(F.col("event_type").isin(*INTERACTION_TYPES))
         .groupBy("user_id", "item_id")
         .agg(F.count(F.lit(1)).cast("float").alias("interactions"))

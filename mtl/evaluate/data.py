@@ -19,8 +19,16 @@ from mtl.config import Config
 from mtl.errors import InputError
 from mtl.features.assemble import model_inputs
 from mtl.features.schema import LABELS
-from mtl.tables import ITEM_FEATURES, TRAINING_EXAMPLES, USER_CATEGORY_FEATURES, USER_FEATURES, USER_ITEM_FEATURES, TableSpec
+from mtl.tables import (
+    ITEM_FEATURES,
+    TRAINING_EXAMPLES,
+    USER_CATEGORY_FEATURES,
+    USER_FEATURES,
+    USER_ITEM_FEATURES,
+    TableSpec,
+)
 from mtl.train.artifacts import read_feature_stats
+
 
 @dataclass(frozen=True)
 class Split:
@@ -131,15 +139,13 @@ def ranking_task(split: Split, cfg: Config) -> RankingTask:
         seen = split.user_items.select("user_id", "item_id").join(chosen, "user_id").toPandas()
     relevant, exclude = index_pairs(users, items, positives.join(chosen, "user_id").toPandas(), seen)
 
-    no_item = F.lit(None).cast("string")
+    none, exposure = F.lit(None).cast("string"), F.lit("exposure").alias("row_kind")
+    features = (split.users, split.items, split.user_categories, split.user_items, split.defaults)
     user_rows = model_inputs(
-        chosen.select("user_id", no_item.alias("item_id"), no_item.alias("day_category_id"), F.lit("exposure").alias("row_kind")),
-        split.users, split.items, split.user_categories, split.user_items, split.defaults,
-    )
+        chosen.select("user_id", none.alias("item_id"), none.alias("day_category_id"), exposure), *features)
     item_rows = model_inputs(
-        split.items.select(no_item.alias("user_id"), "item_id", F.col("category_id").alias("day_category_id"),
-                           F.lit("exposure").alias("row_kind")),
-        split.users, split.items, split.user_categories, split.user_items, split.defaults,
+        split.items.select(none.alias("user_id"), "item_id", F.col("category_id").alias("day_category_id"), exposure),
+        *features,
     )
     return RankingTask(
         users=users,

@@ -61,9 +61,9 @@ from mtl.evaluate.metrics_table import (
     score_column,
     write_metrics,
 )
-from mtl.evaluate.predict import ModelOutputs, ScoreTile, add_model_scores, inner_product, model_vectors, top_k
+from mtl.evaluate.predict import ModelOutputs, ScoreTile, collect_model_scores, inner_product, model_vectors, top_k
 from mtl.evaluate.twins import RETRIEVAL_TWIN, TrainingWindow, train_twins
-from mtl.features.schema import LABELS
+from mtl.features.schema import LABELS, REPURCHASE_HORIZONS_DAYS
 from mtl.models.config import ModelConfig
 from mtl.registry import Artifact
 from mtl.runs import RunRecorder
@@ -73,6 +73,7 @@ from mtl.train.artifacts import load_model
 log = logging.getLogger(__name__)
 
 # Columns of the examples that reach the predictions frame besides the scores.
+REPURCHASE_HORIZONS = {f"repurchase_{n}d": n for n in REPURCHASE_HORIZONS_DAYS}
 KEEP = ("row_kind", "user_id", "item_id", "category_id", "is_sampled_negative", *LABELS)
 TABULAR = ("logistic_regression", "gbt")
 REPORT_FILE = "report.html"
@@ -125,7 +126,7 @@ def run_evaluate(spark: SparkSession, cfg: Config, ds: dt.date, model_version: O
         split = read_split(spark, cfg, ds)
         run.tables_read = dict(split.tables_read)
         popularity = B.Popularity.of(split)
-        notes = _notes(split)
+        notes = _notes(split) + _overlapping_labels(spark, cfg, candidate, window, ds)
         champion_version = registry.champion_version(cfg)
         champion = _comparable_champion(cfg, champion_version, version, notes)
         for label, (neg, pos) in split.label_counts.items():
@@ -185,6 +186,28 @@ def _notes(split: Split) -> list[str]:
             "AUC measures telling interactions from sampled items, not clicks from skipped impressions."]
 
 
+def _overlapping_labels(spark, cfg: Config, candidate: Artifact, window: TrainingWindow, ds: dt.date) -> list[str]:
+    """Warnings for repurchase labels the version learned that were not observable on ds: a
+    training row of day t labelled from [t, t + N) with t + N > ds saw outcomes on or after ds,
+    the very window its evaluation scores, which makes its repurchase metrics optimistic. Rows
+    built before those days were observed carry null labels instead and do not count."""
+    notes = []
+    for label in _tasks(candidate):
+        horizon = REPURCHASE_HORIZONS.get(label)
+        if horizon is None:
+            continue
+        first = max(ds - dt.timedelta(days=horizon - 1), window.train_from)
+        if first > window.last_day_used:
+            continue
+        rows = training_window(spark, cfg, first, window.last_day_used, window.table_version)
+        leaked = rows.where(F.col(label).isNotNull()).count()
+        if leaked:
+            notes.append(f"{label}: version {candidate.version} learned {leaked:,} labels of ds {first}.."
+                         f"{window.last_day_used} whose {horizon}-day windows reach ds {ds} or later, so its {label} "
+                         "metrics here are optimistic: those outcomes were not observable when it was trained.")
+    return notes
+
+
 def _comparable_champion(cfg: Config, champion_version: Optional[str], version: str,
                          notes: list[str]) -> Optional[Artifact]:
     """The published version, to score next to the candidate; None when there is none, it is the
@@ -209,7 +232,8 @@ def _has_retrieval(artifact: Artifact) -> bool:
     return parse_typed(ModelConfig, artifact.model_config).retrieval.enabled
 
 
-def _twins(spark, cfg: Config, candidate: Artifact, window: TrainingWindow, labelled, notes: list[str]) -> dict[str, Artifact]:
+def _twins(spark, cfg: Config, candidate: Artifact, window: TrainingWindow, labelled: dict[str, tuple[int, int]],
+           notes: list[str]) -> dict[str, Artifact]:
     if "single_task" not in cfg.evaluation.baselines:
         return {}
     if window.mode != "full":
@@ -260,7 +284,7 @@ def _binary_predictions(spark, cfg: Config, split: Split, popularity: B.Populari
         scorers.append(Scorer("single_task", True))
     baseline_columns = [score_column(s.kind, label) for s in scorers for label in LABELS
                         if score_column(s.kind, label) in df.columns]
-    frame = add_model_scores(df, models, KEEP + tuple(baseline_columns), cfg.evaluation.score_batch_size).toPandas()
+    frame = collect_model_scores(df, models, KEEP + tuple(baseline_columns), cfg.evaluation.score_batch_size)
     return frame, scorers
 
 

@@ -34,16 +34,17 @@ class ModelOutputs:
     columns: Mapping[str, str]
 
 
-def add_model_scores(df: DataFrame, models: Sequence[ModelOutputs], keep: Sequence[str], batch_size: int) -> DataFrame:
-    """``keep`` columns of ``df`` plus one double column per model output: the probability the
-    model gives each row (``predict_proba``, eval mode)."""
+def collect_model_scores(df: DataFrame, models: Sequence[ModelOutputs], keep: Sequence[str],
+                         batch_size: int) -> pd.DataFrame:
+    """The ``keep`` columns of ``df`` plus one column per model output, the probability the model
+    gives each row (``predict_proba``, eval mode), collected to the driver."""
     spark = df.sparkSession
     shipped = spark.sparkContext.broadcast([(m.artifact, dict(m.columns)) for m in models])
     out_columns = [c for m in models for c in m.columns.values()]
     schema = T.StructType([df.schema[c] for c in keep] + [T.StructField(c, T.DoubleType(), False) for c in out_columns])
 
     def score(frames):
-        # Tiny per-row work: one thread per task process leaves the cores to Spark's other tasks.
+        # A Spark task is one core's work: more torch threads would fight the other tasks for cores.
         torch.set_num_threads(1)
         loaded = [(load_model(artifact), columns) for artifact, columns in shipped.value]
         for frame in frames:
@@ -59,7 +60,10 @@ def add_model_scores(df: DataFrame, models: Sequence[ModelOutputs], keep: Sequen
             yield out
 
     inputs = [c for c in input_columns(MODEL_FIELDS, labels=()) if c not in keep]
-    return df.select(*keep, *inputs).mapInPandas(score, schema)
+    try:
+        return df.select(*keep, *inputs).mapInPandas(score, schema).toPandas()
+    finally:
+        shipped.destroy()
 
 
 def model_vectors(
@@ -86,7 +90,10 @@ def model_vectors(
             yield out
 
     inputs = [c for c in input_columns(MODEL_FIELDS, labels=()) if c != key]
-    collected = df.select(key, *inputs).mapInPandas(embed, schema).toPandas()
+    try:
+        collected = df.select(key, *inputs).mapInPandas(embed, schema).toPandas()
+    finally:
+        shipped.destroy()
     return collected[key].to_numpy(), {name: _stack(collected[name]) for name in models}
 
 

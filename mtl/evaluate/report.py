@@ -96,7 +96,8 @@ def _facts(facts: dict[str, str]) -> str:
 def _gate(decision: GateDecision) -> str:
     verdict = "would publish" if decision.passed else "would refuse"
     rows = "".join(
-        f"<tr class='{'pass' if c.passed else 'fail'}'><td>{'pass' if c.passed else 'FAIL'}</td><td>{_e(c.reason)}</td></tr>"
+        f"<tr class='{'pass' if c.passed else 'fail'}'><td>{'pass' if c.passed else 'FAIL'}</td>"
+        f"<td>{_e(c.reason)}</td></tr>"
         for c in decision.checks
     )
     return f"<h2>Quality gate: {verdict}</h2><table>{rows}</table>"
@@ -132,10 +133,10 @@ def _ranking_table(rows: Sequence[MetricRow], ks: Sequence[int]) -> str:
     head = "".join(f"<th>{m}@{k}</th>" if k else f"<th>{m}</th>" for m, k in columns)
     body = []
     for kind in _ordered(users):
-        cells = "".join(
-            f"<td{' class=best' if values.get((kind, *c)) == best[c] and best[c] > 0 else ''}>{_fmt(values.get((kind, *c)))}</td>"
-            for c in columns
-        )
+        cells = ""
+        for c in columns:
+            value = values.get((kind, *c))
+            cells += f"<td{' class=best' if value == best[c] and best[c] > 0 else ''}>{_fmt(value)}</td>"
         body.append(f"<tr><th>{_e(kind)}</th>{cells}<td>{users[kind]:,}</td></tr>")
     return f"<table><tr><th>model</th>{head}<th>users</th></tr>{''.join(body)}</table>"
 
