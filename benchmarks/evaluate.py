@@ -4,9 +4,10 @@ AUCs) and on the public Taobao sample, as Markdown for BENCHMARKS.md.
 Generated data: a canonical-format world (impressions, so real negatives) is generated,
 ingested and featurised once under --work; the train job trains the model of --model-config on
 ds D-window..D-2 (validating on D-1), then evaluate scores D with every baseline and the gate
-decides. The oracle rows come from the generator's truth on the same rows: click, the day-level
-probability of a click over the pair's impressions that day; purchase_cvr, the true purchase
-probability of the clicked impression; repurchase_7d, the true repurchase probability.
+decides. The oracle rows come from the generator's truth on the same rows (see oracle_aucs):
+click, the day-level probability of a click over the pair's impressions that day, and its
+taste + popularity part alone; purchase_cvr, the true purchase probability of the clicked
+impression; repurchase_7d, the true repurchase probability.
 
 Taobao sample (../shared/data): ingested, featurised for every day, trained on the early days,
 evaluated on the last one (its 7-day repurchase labels are not observed: no repurchase rows).
@@ -26,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import pandas as pd  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
 from mtl import metrics as M  # noqa: E402
@@ -37,6 +39,7 @@ from mtl.evaluate.publish import run_publish  # noqa: E402
 from mtl.evaluate.report import KIND_ORDER  # noqa: E402
 from mtl.features.job import build_features  # noqa: E402
 from mtl.generate.job import run_generate  # noqa: E402
+from mtl.generate.world import CLICK  # noqa: E402
 from mtl.ingest.job import run_ingest  # noqa: E402
 from mtl.spark import build_spark  # noqa: E402
 from mtl.tables import TRAINING_EXAMPLES  # noqa: E402
@@ -123,12 +126,23 @@ def generator_part(args) -> str:
     return tables(title, result, gate, oracle)
 
 
-def oracle_aucs(spark, cfg, work: Path, ds: dt.date, day: int) -> dict[str, float]:
-    """The generator's true probabilities scored like a model on the evaluated rows."""
+def oracle_aucs(spark, cfg, work: Path, ds: dt.date, day: int) -> dict[str, dict[str, float]]:
+    """The generator's true probabilities scored like a model on the evaluated rows: per task,
+    oracle name -> AUC.
+
+    click has two oracles. The full one knows each impression's position and hour and how many
+    impressions the pair got that day, none of which a model scoring (user, item) as of D can
+    know. The taste one is the part a model can learn: the impression logit's taste and
+    popularity terms (position and hour dropped), the same for every impression of the pair
+    that day. repurchase_7d's truth covers the replenishment process only; at category level an
+    organic purchase of another item of the category also counts as a repurchase, so the
+    item-level rows are the exact oracle."""
     truth = work / "raw" / "truth"
     examples = spark.read.format("delta").load(TRAINING_EXAMPLES.path(cfg.storage)).where(F.col("ds") == F.lit(ds))
+    taste = F.lit(CLICK.taste) * F.col("true_affinity") + F.lit(CLICK.popularity) * F.col("true_popularity")
     impressions = spark.read.parquet(str(truth / "impressions")).where(F.col("day") == day).groupBy("user_id", "item_id").agg(
-        (1 - F.exp(F.sum(F.log1p(-F.col("p_click"))))).alias("p_click"), F.max("p_purchase").alias("p_purchase"))
+        (1 - F.exp(F.sum(F.log1p(-F.col("p_click"))))).alias("p_click"), F.max("p_purchase").alias("p_purchase"),
+        F.avg(taste).alias("taste_logit"))
     exposure = examples.where("row_kind = 'exposure'").join(impressions, ["user_id", "item_id"]).toPandas()
     clicked = exposure[(exposure["click"] == 1) & exposure["p_purchase"].notna()]
     repurchase = spark.read.parquet(str(truth / "repurchase")).where(F.col("day") == day)
@@ -136,12 +150,18 @@ def oracle_aucs(spark, cfg, work: Path, ds: dt.date, day: int) -> dict[str, floa
         repurchase.where("level = 'item'").select("user_id", "item_id", "p_repurchase"), ["user_id", "item_id"])
     category_rows = examples.where("row_kind = 'repurchase_category' AND repurchase_7d IS NOT NULL").join(
         repurchase.where("level = 'category'").select("user_id", "category_id", "p_repurchase"), ["user_id", "category_id"])
-    rebuy = item_rows.select("repurchase_7d", "p_repurchase").unionByName(
-        category_rows.select("repurchase_7d", "p_repurchase")).toPandas()
+    items = item_rows.select("repurchase_7d", "p_repurchase").toPandas()
+    rebuy = pd.concat([items, category_rows.select("repurchase_7d", "p_repurchase").toPandas()])
+
+    def auc(frame, label, score):
+        return M.auc(frame[label].to_numpy(), frame[score].to_numpy())
+
     return {
-        "click": M.auc(exposure["click"].to_numpy(), exposure["p_click"].to_numpy()),
-        "purchase_cvr": M.auc(clicked["purchase"].to_numpy(), clicked["p_purchase"].to_numpy()),
-        "repurchase_7d": M.auc(rebuy["repurchase_7d"].to_numpy(), rebuy["p_repurchase"].to_numpy()),
+        "click": {"oracle, full (knows position, hour, impressions)": auc(exposure, "click", "p_click"),
+                  "oracle, taste + popularity (what features can know)": auc(exposure, "click", "taste_logit")},
+        "purchase_cvr": {"oracle (true probabilities)": auc(clicked, "purchase", "p_purchase")},
+        "repurchase_7d": {"oracle, item and category rows (replenishment only)": auc(rebuy, "repurchase_7d", "p_repurchase"),
+                          "oracle, item rows (exact)": auc(items, "repurchase_7d", "p_repurchase")},
     }
 
 
@@ -166,7 +186,7 @@ def taobao_part(args) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def tables(title: str, result: EvaluationResult, gate: str, oracle: dict[str, float]) -> str:
+def tables(title: str, result: EvaluationResult, gate: str, oracle: dict[str, dict[str, float]]) -> str:
     by = {(r.model_kind, r.task, r.metric, r.k): r for r in result.rows}
     kinds = [k for k in KIND_ORDER if any(r.model_kind == k for r in result.rows)]
     out = [f"### {title}", "", f"Model version {result.model_version}; quality gate: {gate}", ""]
@@ -181,8 +201,8 @@ def tables(title: str, result: EvaluationResult, gate: str, oracle: dict[str, fl
         for kind in present:
             cells = [_fmt(by.get((kind, task.name, m, None))) for m in ("auc", "gauc", "log_loss", "calibration")]
             out.append(f"| {kind} | " + " | ".join(cells) + " |")
-        if task.name in oracle:
-            out.append(f"| oracle (true probabilities) | {oracle[task.name]:.4f} | | | |")
+        for name, value in oracle.get(task.name, {}).items():
+            out.append(f"| {name} | {value:.4f} | | | |")
     ranking = [k for k in kinds if (k, "retrieval", "recall", 20) in by]
     if ranking:
         ks = sorted({r.k for r in result.rows if r.task == "retrieval" and r.k})

@@ -54,6 +54,8 @@ def prepare(args, users: int):
 
 def plan_checks(spark, cfg, ds: dt.date) -> dict:
     """Physical-plan facts over every output of one ds (built, not written)."""
+    # Plans abbreviate file locations to 100 characters by default: the events path must show whole.
+    spark.conf.set("spark.sql.maxMetadataStringLength", "10000")
     events = spark.read.format("delta").load(EVENTS.path(cfg.storage))
     observed = events.agg({"event_date": "max"}).first()[0]
     frames = compute(events, ds, observed, cfg)

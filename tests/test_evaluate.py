@@ -209,15 +209,17 @@ def test_evaluating_a_training_day_is_refused(spark, world, evaluated):
 
 @pytest.fixture(scope="module")
 def quality_world(spark, tmp_path_factory):
-    """Popularity exponent 0.5 (default 1.0): impressions less concentrated on the head, so a
-    user's taste decides more of what they click. With the default, the head is so dominant on a
-    catalogue of a few hundred items that global popularity out-recalls the model (BENCHMARKS.md)."""
+    """The world of ``benchmarks/evaluate.py --users 1500 --items 400 --popularity-exponent 0.5``:
+    generator defaults but for the sizes, 20 categories and a popularity exponent of 0.5. With
+    the default exponent of 1.0 the head of a catalogue of a few hundred items takes so many
+    impressions that global popularity out-recalls the model; with 0.3 nobody learns much taste
+    from two weeks of clicks (measured)."""
     root = tmp_path_factory.mktemp("evaluate_quality")
     model = root / "quality_model.yaml"
     model.write_text(QUALITY_MODEL.format(root=Path(__file__).resolve().parents[1]))
     cfg = world_config(root, f"model_config={model}", "training.window_days=7", "training.torch_threads=2",
-                       "generator.categories=20", "generator.popularity_exponent=0.5", "evaluation.twin_epochs=2",
-                       users=1500, items=400, days=21)
+                       "generator.categories=20", "generator.popularity_exponent=0.5", "generator.users_per_block=500",
+                       "generator.partitions=4", "evaluation.twin_epochs=2", users=1500, items=400, days=21)
     return build_world(spark, cfg, [Q - k * DAY for k in range(7, -1, -1)])
 
 
@@ -231,7 +233,7 @@ def test_on_generator_data_the_model_beats_popularity_and_als_and_is_published(s
     for task in ("click", "purchase", "purchase_cvr", "repurchase_7d"):
         assert auc["multi_task", task] > auc["popularity", task], task
     recall = {r.model_kind: r.value for r in result.rows if r.metric == "recall" and r.k == 20}
-    assert recall["multi_task"] > recall["popularity"], recall
+    assert recall["multi_task"] > recall["popularity"], recall  # a narrow margin: 0.242 against 0.224
     assert recall["multi_task"] > recall["als"], recall
     assert result.decision.passed
     assert run_publish(spark, quality_world, Q, version).published

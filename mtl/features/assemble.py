@@ -16,6 +16,7 @@ from mtl.features.schema import (
     ROW_KINDS,
     TOP_CATEGORIES,
     USER_CATEGORY_DENSE,
+    USER_DENSE,
     USER_ITEM_DENSE,
     dense_columns,
 )
@@ -45,7 +46,24 @@ def feature_defaults(p: Priors, cap: int) -> dict[str, float]:
 def _padded_hashes(ids: Column, length: int) -> Column:
     """Fixed-length array of id hashes, padded with PAD_HASH (Petastorm and the model want fixed shapes)."""
     hashed = F.transform(F.coalesce(ids, F.array().cast("array<string>")), lambda x: id_hash(x))
-    return F.slice(F.concat(hashed, F.array_repeat(F.lit(PAD_HASH).cast("long"), length)), 1, length)
+    return F.slice(F.concat(hashed, _pad(length)), 1, length)
+
+
+def _user_side(users: DataFrame) -> DataFrame:
+    """Per user, once: history and favourite-category hashes (the costly part of the inputs)."""
+    empty = F.array().cast("array<string>")
+    return users.select(
+        "user_id",
+        _padded_hashes(F.col("hist_item_ids"), HISTORY_LENGTH).alias("hist_item_hashes"),
+        _padded_hashes(F.col("hist_category_ids"), HISTORY_LENGTH).alias("hist_category_hashes"),
+        F.size(F.coalesce("hist_item_ids", empty)).cast("int").alias("hist_length"),
+        _padded_hashes(F.col("u_top_category_ids"), TOP_CATEGORIES).alias("u_top_category_hashes"),
+        *USER_DENSE,
+    )
+
+
+def _pad(length: int) -> Column:
+    return F.array_repeat(F.lit(PAD_HASH).cast("long"), length)
 
 
 def model_inputs(
@@ -61,14 +79,18 @@ def model_inputs(
     the ``passthrough`` columns); fill defaults; add id hashes and padded sequences.
 
     ``day_category_id`` is the row's category when the item has no features (new items) or
-    there is no item (category rows)."""
+    there is no item (category rows).
+
+    Scoring joins millions of candidate rows, so the narrow item and pair sides join first and
+    the wide user side (its sequences hashed once per user, not once per row) joins last: the
+    shuffles before it move narrow rows."""
     item_side = items.select("item_id", F.col("category_id").alias("item_category_id"), *ITEM_DENSE)
     joined = (
-        rows.join(users, "user_id", "left")
-        .join(item_side, "item_id", "left")
+        rows.join(item_side, "item_id", "left")
         .withColumn("category_id", F.coalesce("item_category_id", "day_category_id"))
         .join(user_cats.select("user_id", "category_id", *USER_CATEGORY_DENSE), ["user_id", "category_id"], "left")
         .join(user_items.select("user_id", "item_id", *USER_ITEM_DENSE), ["user_id", "item_id"], "left")
+        .join(_user_side(users), "user_id", "left")
     )
     kind_code = F.array_position(F.array(*[F.lit(k) for k in ROW_KINDS]), F.col("row_kind")).cast("long")
     return joined.select(
@@ -80,10 +102,10 @@ def model_inputs(
         id_hash(F.col("item_id")).alias("item_hash"),
         id_hash(F.col("category_id")).alias("category_hash"),
         kind_code.alias("row_kind_code"),
-        _padded_hashes(F.col("hist_item_ids"), HISTORY_LENGTH).alias("hist_item_hashes"),
-        _padded_hashes(F.col("hist_category_ids"), HISTORY_LENGTH).alias("hist_category_hashes"),
-        F.size(F.coalesce("hist_item_ids", F.array().cast("array<string>"))).cast("int").alias("hist_length"),
-        _padded_hashes(F.col("u_top_category_ids"), TOP_CATEGORIES).alias("u_top_category_hashes"),
+        F.coalesce("hist_item_hashes", _pad(HISTORY_LENGTH)).alias("hist_item_hashes"),
+        F.coalesce("hist_category_hashes", _pad(HISTORY_LENGTH)).alias("hist_category_hashes"),
+        F.coalesce("hist_length", F.lit(0)).alias("hist_length"),
+        F.coalesce("u_top_category_hashes", _pad(TOP_CATEGORIES)).alias("u_top_category_hashes"),
         *[F.coalesce(F.col(c).cast("double"), F.lit(defaults[c])).alias(c) for c in dense_columns()],
         *passthrough,
     )
