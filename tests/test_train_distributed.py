@@ -1,8 +1,9 @@
-"""The train job with real Horovod (Gloo on CPU): horovodrun -np 2, horovod.spark.run, and a
-run killed mid-training that resumes from its checkpoint."""
+"""The train job with real Horovod (Gloo on CPU): horovodrun -np 2, horovod.spark.run, a run
+killed mid-training that resumes from its checkpoint, and a worker that dies mid-training."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -98,3 +100,90 @@ def test_killed_run_resumes_to_the_same_weights(spark, world):
     # Same seed, same batch order, CPU: the resumed run is bit-for-bit the clean one.
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def _rank_process(root: psutil.Process, rank: int):
+    """The worker process of ``rank`` among ``root``'s descendants (horovodrun -> middleman ->
+    ``env HOROVOD_RANK=... python jobs/train.py``), or None while it has not started."""
+    for p in root.children(recursive=True):
+        try:
+            if p.environ().get("HOROVOD_RANK") == str(rank) and any("train.py" in a for a in p.cmdline()):
+                parent = p.parent()
+                if parent is None or parent.environ().get("HOROVOD_RANK") != str(rank):
+                    return p
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return None
+
+
+def test_dead_worker_fails_the_job_naming_its_rank(spark, world, tmp_path):
+    """SIGKILL rank 1 mid-training: horovodrun must exit non-zero, naming rank 1, long before the
+    collective timeout (training.collective_timeout_s, 300 s), instead of hanging.
+
+    What happens (measured: horovodrun exits about 2 s after the kill): rank 0's Horovod
+    background loop fails at once ("Connection closed by peer"), and horovodrun (non-elastic
+    Gloo) sees rank 1 exit, prints "Process 1 exit with status code 137", terminates the other
+    workers and fails with "The first process to do so was: Process name: 1".
+
+    pipeline_runs: a row is written only when a run ends (there is no "running" status), and
+    rank 0 does not get to write one here: horovodrun SIGTERMs it (Python's default action ends
+    it on the spot; SIGKILL follows 5 s later) before its Spark session could append the row.
+    So the killed run leaves no row; the check is only that it left none that is not "failed".
+    """
+    root, overrides, cfg, _ = world
+    # Long enough (50 epochs, no early stop) that training is still going when rank 1 is killed.
+    long_model = root / "long_model.yaml"
+    long_model.write_text(f"extends: {root / 'tiny_model.yaml'}\n"
+                          "trainer: {epochs: 50, patience: 50, checkpoint_every_steps: 2}\n")
+    dead_overrides = overrides + [f"model_config={long_model}", "training.checkpoint_dir=_ck_dead_rank"]
+    rows_before = runs(spark, cfg).where("job = 'train'").count()
+    checkpoints = Path(cfg.storage.warehouse) / "_ck_dead_rank"
+    log_path = tmp_path / "horovodrun.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(_train_command(dead_overrides, launcher="horovodrun"), env=_env(), cwd=ROOT,
+                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    launcher = psutil.Process(proc.pid)
+    seen: dict[int, psutil.Process] = {}
+
+    def output() -> str:
+        return log_path.read_text(errors="replace")
+
+    try:
+        # Rank 0 plans with Spark (slow on a loaded machine), then both ranks train; rank 0 saves a
+        # checkpoint every 2 steps, so its first one means the collectives are running.
+        deadline = time.time() + 420
+        victim = None
+        while time.time() < deadline and proc.poll() is None:
+            seen.update((p.pid, p) for p in launcher.children(recursive=True))
+            if list(checkpoints.glob("*/last.pt")):
+                victim = _rank_process(launcher, 1)
+                if victim is not None:
+                    break
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the run ended before rank 1 could be killed:\n{output()[-4000:]}"
+        assert victim is not None, f"no checkpoint or no rank-1 worker within 420 s:\n{output()[-4000:]}"
+        victim.kill()
+        killed_at = time.time()
+        try:
+            code = proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"horovodrun still running 180 s after rank 1 died (a hang):\n{output()[-4000:]}")
+        elapsed = time.time() - killed_at
+    finally:
+        # The middlemen call setsid(): killing horovodrun's group does not reach the workers.
+        if proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                seen.update((p.pid, p) for p in launcher.children(recursive=True))
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for p in seen.values():
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+    text = output()
+    assert code != 0, text[-4000:]
+    print(f"horovodrun failed {elapsed:.1f} s after rank 1 was killed")
+    assert "Process 1 exit with status code" in text, text[-4000:]
+    assert "first process to do so was:\nProcess name: 1\n" in text, text[-4000:]
+    new = runs(spark, cfg).where("job = 'train'").orderBy("started_at").collect()[rows_before:]
+    assert all(r.status == "failed" for r in new), [(r.status, r.error) for r in new]
