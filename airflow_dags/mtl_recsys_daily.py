@@ -6,7 +6,9 @@ ingest >> build_features >> train >> evaluate >> publish (the quality gate)
 Each run passes its logical date as ``--ds``. A refused gate fails ``publish`` and leaves the
 champion as it was; ``gate_decision`` then takes ``keep_previous_model`` and the run still scores
 with the previous champion. Runs never overlap (max_active_runs=1) and every job replaces what it
-wrote for its ds, so retries, reruns and catch-up are safe.
+wrote for its ds, so retries, reruns and catch-up are safe; a rerun keeps the model version the
+ds was trained and scored with (the jobs' flags apply mtl/pipeline/policy.py, as the local runner
+does).
 
 Wiring only: the steps come from mtl/pipeline/steps.py (standard library only), the deployment
 settings from the Airflow Variable ``mtl_recsys_daily``; see airflow_dags/README.md.
@@ -47,7 +49,10 @@ with DAG(
     },
     params={
         "train_mode": Param(settings.train_mode, enum=list(steps.TRAIN_MODES),
-                            description="train --mode: full retrain on the window, or incremental from the champion"),
+                            description="train --mode. auto: full when nothing is published or on the weekly "
+                                        "full-retrain day, else incremental from the champion; a rerun keeps "
+                                        "the version trained for ds. full / incremental: train a new version "
+                                        "in that mode (also on a rerun)"),
     },
     tags=["mtl-recsys", "spark"],
     doc_md=__doc__,

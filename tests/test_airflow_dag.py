@@ -204,6 +204,10 @@ def test_dagbag_tasks_order_retries_and_timeouts(airflow_home, tmp_path):
         assert args[2:6] == ["--set", "storage.warehouse=/data/wh", "--set", "scoring.k=20"]
         assert args[args.index("--ds") + 1] == "{{ ds }}"
     assert tasks["train"]["args"][-2:] == ["--mode", "{{ params.train_mode }}"]
+    # the chain's own decisions (mtl/pipeline/policy.py), as the local runner takes them
+    assert tasks["build_features"]["args"][-1] == "--with-pending-days"
+    assert tasks["evaluate"]["args"][-1] == tasks["publish"]["args"][-1] == "--trained-for-ds"
+    assert tasks["score"]["args"][-1] == "--keep-scored-model"
     assert tasks["train"]["driver_memory"] == "8g" and tasks["score"]["driver_memory"] == "2g"
     assert tasks["train"]["spark_conf"] == {"spark.pyspark.python": sys.executable,
                                             "spark.pyspark.driver.python": sys.executable, "a.b": "1"}
@@ -261,6 +265,8 @@ def test_settings_validation_and_arguments():
     assert s.spark_submit_args(steps.BY_NAME["score"])["packages"] == steps.DELTA_PACKAGE
     assert s.timeout(train) == dt.timedelta(minutes=600) and s.retries(train) == train.retries
     assert steps.load_settings(None, repo="/r").conf_path == "/r/conf/local.yaml"
+    assert steps.load_settings(None, repo="/r").train_mode == "auto"  # the runner's policy
+    assert steps.load_settings({"train_mode": "incremental"}, repo="/r").train_mode == "incremental"
 
     for bad, message in (
         ({"steps": {"trian": {}}}, "did you mean 'train'"),
@@ -273,6 +279,31 @@ def test_settings_validation_and_arguments():
     ):
         with pytest.raises(steps.SettingsError, match=message):
             steps.load_settings(bad, repo="/r")
+
+
+def test_every_step_s_arguments_parse_in_its_job(monkeypatch):
+    """What the DAG passes each job (every train mode) is accepted by the job's own parser, and
+    the train modes are the train job's modes plus the policy's auto."""
+    import importlib
+    import re
+
+    from mtl.pipeline import policy
+    from mtl.train.job import MODES
+
+    assert steps.TRAIN_MODES == (policy.AUTO, *MODES) and steps.DEFAULT_TRAIN_MODE == policy.AUTO
+    settings = steps.load_settings(None, repo=str(ROOT))
+    parsed = {}
+    for step in steps.STEPS:
+        module = importlib.import_module(re.search(r"^from (mtl[\w.]*) import main$",
+                                                   (ROOT / step.script).read_text(), re.M).group(1))
+        monkeypatch.setattr(module, "run_job", lambda args, body, name=step.name: parsed.setdefault(name, []).append(args) or 0)
+        for mode in steps.TRAIN_MODES:
+            assert module.main(settings.application_args(step, ds="2024-03-09", train_mode=mode)) == 0, step.name
+    assert set(parsed) == set(steps.STEP_NAMES)
+    assert all(a.ds == dt.date(2024, 3, 9) and a.conf == str(ROOT / "conf" / "local.yaml") for v in parsed.values() for a in v)
+    assert [a.mode for a in parsed["train"]] == list(steps.TRAIN_MODES)
+    assert parsed["build_features"][0].with_pending_days and parsed["score"][0].keep_scored_model
+    assert parsed["evaluate"][0].trained_for_ds and parsed["publish"][0].trained_for_ds
 
 
 def test_gate_branch_routes_on_the_gate_state():

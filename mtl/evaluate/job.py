@@ -397,12 +397,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         "an HTML report next to the artifact, the version's MLflow run. Publishes nothing (see mtl-publish).",
         ds_required=True,
     )
-    parser.add_argument("--model", metavar="VERSION", help="registered version to evaluate (default: the latest)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="VERSION", help="registered version to evaluate (default: the latest)")
+    which.add_argument("--trained-for-ds", action="store_true",
+                       help="evaluate the newest version trained for --ds (what train --ds registered or reused), "
+                            "not the latest registered; the daily DAG passes it")
     args = parser.parse_args(argv)
 
     def body(cfg: Config) -> str:
+        from mtl.pipeline.policy import require_trained_version
         from mtl.spark import build_spark
 
-        return summarize(run_evaluate(build_spark(cfg.spark), cfg, args.ds, args.model))
+        version = require_trained_version(cfg, args.ds) if args.trained_for_ds else args.model
+        return summarize(run_evaluate(build_spark(cfg.spark), cfg, args.ds, version))
 
     return run_job(args, body)

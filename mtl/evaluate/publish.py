@@ -1,12 +1,17 @@
 """The publish job: the quality gate in front of the champion alias.
 
-    mtl-publish --ds D [--model VERSION]        (default: the latest registered version)
+    mtl-publish --ds D [--model VERSION | --trained-for-ds] [--allow-older]
+                                                (default: the latest registered version)
 
 Reads the version's evaluation on ds D from ``model_metrics`` (written by ``mtl-evaluate --ds D``),
 checks every gated metric against its floor and against the current champion's value on the
 same rows, and only then points the champion alias at the version. A refusal changes nothing,
 so scoring keeps using the previous champion, and the job exits non-zero with the reasons.
 Either way the decision is recorded in ``pipeline_runs`` and as a tag of the model version.
+
+A version older than the champion is not published (a rerun of an earlier ds must not roll the
+published model back): the job says so and exits 0, changing nothing. ``--allow-older`` gates and
+publishes it anyway, for a deliberate rollback.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from mtl.config import Config
 from mtl.errors import InputError, JobError
 from mtl.evaluate.gate import GateDecision, MetricKey, check_gate_config, decide
 from mtl.evaluate.metrics_table import read_metrics
+from mtl.pipeline.policy import is_superseded, require_trained_version
 from mtl.runs import RunRecorder
 from mtl.tables import MODEL_METRICS
 
@@ -49,11 +55,20 @@ class PublishResult:
     ds: dt.date
     model_version: str
     previous_champion: Optional[str]
-    published: bool  # False when the version already was the champion
+    published: bool  # False when the version already was the champion, or an older one than it
     decision: Optional[GateDecision]
+    outcome: str = "published"  # or ALREADY_CHAMPION or SUPERSEDED
 
 
-def run_publish(spark: SparkSession, cfg: Config, ds: dt.date, model_version: Optional[str] = None) -> PublishResult:
+ALREADY_CHAMPION = "already champion"
+SUPERSEDED = "a newer version is the champion"
+
+
+def run_publish(spark: SparkSession, cfg: Config, ds: dt.date, model_version: Optional[str] = None,
+                allow_older: bool = False) -> PublishResult:
+    """Gate ``model_version`` (default: the latest registered) on its evaluation of ds and publish
+    it if it passes. Skipped, changing nothing, when it already is the champion, or when the
+    champion is a newer version (unless ``allow_older``); raises GateRefused when it fails."""
     check_gate_config(cfg.gate, cfg.evaluation.ks)
     with RunRecorder(spark, cfg, "publish", ds) as run:
         version = model_version or registry.latest_version(cfg)
@@ -64,8 +79,12 @@ def run_publish(spark: SparkSession, cfg: Config, ds: dt.date, model_version: Op
         run.details["previous_champion"] = current
         if current == version:
             log.info("version %s already is the champion: nothing to do", version)
-            run.details["outcome"] = "already champion"
-            return PublishResult(ds, version, current, False, None)
+            run.details["outcome"] = ALREADY_CHAMPION
+            return PublishResult(ds, version, current, False, None, ALREADY_CHAMPION)
+        if not allow_older and is_superseded(version, current):
+            log.info("version %s is older than the champion (version %s): not published", version, current)
+            run.details["outcome"] = SUPERSEDED
+            return PublishResult(ds, version, current, False, None, SUPERSEDED)
 
         rows = read_metrics(spark, cfg, ds, ds, model_version=version)
         if rows.empty:
@@ -106,8 +125,11 @@ def _tag(cfg: Config, version: str, ds: dt.date, decision: GateDecision) -> None
 
 
 def summarize(result: PublishResult) -> str:
-    if not result.published:
+    if result.outcome == ALREADY_CHAMPION:
         return f"version {result.model_version} already is the champion"
+    if result.outcome == SUPERSEDED:
+        return (f"skipped: a newer version ({result.previous_champion}) is already the champion; version "
+                f"{result.model_version} is not published (--allow-older publishes it, for a rollback)")
     lines = [f"version {result.model_version} published as the champion (before: {result.previous_champion or 'none'})"]
     lines += [f"  {c.reason}" for c in result.decision.checks]
     return "\n".join(lines)
@@ -117,15 +139,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = job_parser(
         "publish",
         "Quality gate: make the evaluated model version the champion only if its metrics on --ds pass every "
-        "gated floor and are not worse than the champion's by more than the tolerance; exit 1 otherwise.",
+        "gated floor and are not worse than the champion's by more than the tolerance; exit 1 otherwise. "
+        "A version older than the champion (a rerun of an earlier ds) is skipped: exit 0, nothing changed.",
         ds_required=True,
     )
-    parser.add_argument("--model", metavar="VERSION", help="registered version to publish (default: the latest)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="VERSION", help="registered version to publish (default: the latest)")
+    which.add_argument("--trained-for-ds", action="store_true",
+                       help="publish the newest version trained for --ds (what train --ds registered or reused), "
+                            "not the latest registered; the daily DAG passes it")
+    parser.add_argument("--allow-older", action="store_true",
+                        help="gate and publish the version even if the champion is a newer one (a rollback); "
+                             "without it that case is skipped: exit 0, nothing changed")
     args = parser.parse_args(argv)
 
     def body(cfg: Config) -> str:
         from mtl.spark import build_spark
 
-        return summarize(run_publish(build_spark(cfg.spark), cfg, args.ds, args.model))
+        version = require_trained_version(cfg, args.ds) if args.trained_for_ds else args.model
+        return summarize(run_publish(build_spark(cfg.spark), cfg, args.ds, version, args.allow_older))
 
     return run_job(args, body)

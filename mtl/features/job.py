@@ -187,6 +187,15 @@ def date_range(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
+def build_features_days(spark, cfg: Config, days: list[dt.date]) -> list[FeatureResult]:
+    """``build_features`` for each day, in the order given."""
+    results = []
+    for ds in days:
+        log.info("building features for ds %s (%d of %d)", ds, len(results) + 1, len(days))
+        results.append(build_features(spark, cfg, ds))
+    return results
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = job_parser(
         "build_features",
@@ -195,21 +204,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     parser.add_argument("--start", type=parse_ds, help="first ds of a backfill (with --end)")
     parser.add_argument("--end", type=parse_ds, help="last ds of a backfill, inclusive")
+    parser.add_argument(
+        "--with-pending-days", action="store_true",
+        help="with --ds: also build the days of --ds's training window (training.window_days) that have no "
+             "training_examples yet, and the window days whose repurchase label window has just closed (their "
+             "labels are complete now), in date order: what train --ds needs. The daily DAG and mtl-pipeline "
+             "pass it (mtl/pipeline/policy.py: feature_days)",
+    )
     args = parser.parse_args(argv)
     if bool(args.start) != bool(args.end) or (args.start and args.ds):
         parser.error("give either --ds, or both --start and --end")
     if not (args.ds or args.start):
         parser.error("--ds (or --start and --end) is required")
+    if args.with_pending_days and not args.ds:
+        parser.error("--with-pending-days goes with --ds")
 
     def body(cfg: Config) -> str:
         from mtl.spark import build_spark
 
-        days = [args.ds] if args.ds else date_range(args.start, args.end)
         spark = build_spark(cfg.spark)
-        results = []
-        for ds in days:
-            log.info("building features for ds %s (%d of %d)", ds, len(results) + 1, len(days))
-            results.append(build_features(spark, cfg, ds))
-        return summarize(results)
+        if args.with_pending_days:
+            from mtl.pipeline.policy import feature_days
+
+            days = feature_days(spark, cfg, args.ds)
+        else:
+            days = [args.ds] if args.ds else date_range(args.start, args.end)
+        return summarize(build_features_days(spark, cfg, days))
 
     return run_job(args, body)

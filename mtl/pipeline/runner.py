@@ -6,21 +6,24 @@ For ds D:
 2. build_features: D, the days of the training window that have no training examples yet, and
    the days whose repurchase label window has just closed (their labels are now observed);
 3. train: incremental from the published model; full on ``pipeline.full_retrain_weekday`` or
-   when nothing is published yet;
-4. evaluate the new version on D against the baselines and the champion;
+   when nothing is published yet; a rerun of D keeps the version trained for D (``--retrain``
+   trains a new one);
+4. evaluate the version trained for D on D against the baselines and the champion;
 5. publish: the quality gate; a refusal is reported and the chain goes on, scoring with the
-   previous champion (there is none on the very first day: then the chain stops there);
-6. score D with the champion; 7. check the output tables.
+   previous champion (there is none on the very first day: then the chain stops there). A
+   version older than the champion (a rerun of an earlier day) is not published;
+6. score D with the champion (a rerun: with the version D was scored with before);
+7. check the output tables.
 
 Every step is idempotent, so a rerun of a ds replaces what it wrote, and ``--from STEP`` resumes
-a failed run at the step that failed. Airflow runs the same steps as spark-submit tasks
-(airflow_dags/).
+a failed run at the step that failed. The decisions above live in ``mtl/pipeline/policy.py``;
+Airflow runs the same steps as spark-submit tasks (airflow_dags/), whose flags
+(``mtl/pipeline/steps.py``) make the jobs take the same decisions.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import logging
 import sys
@@ -31,11 +34,10 @@ from typing import Callable, Optional
 from mtl.cli import DEFAULT_CONF, parse_ds, setup_logging
 from mtl.config import Config, ConfigError, load_config
 from mtl.errors import JobError
-from mtl.features.schema import REPURCHASE_HORIZONS_DAYS
+from mtl.pipeline import policy
+from mtl.pipeline.steps import STEP_NAMES as STEPS
 
 log = logging.getLogger(__name__)
-
-STEPS = ("ingest", "build_features", "train", "evaluate", "publish", "score", "check_outputs")
 
 
 @dataclass
@@ -54,53 +56,13 @@ class StepFailed(JobError):
         self.step = step
 
 
-def feature_days(spark, cfg: Config, ds: dt.date) -> list[dt.date]:
-    """D, the window days without training examples, and days whose label windows just closed."""
-    from delta.tables import DeltaTable
-    from pyspark.sql import functions as F
-
-    from mtl.tables import TRAINING_EXAMPLES
-
-    window = [ds - dt.timedelta(days=k) for k in range(cfg.training.window_days, 0, -1)]
-    path = TRAINING_EXAMPLES.path(cfg.storage)
-    have = set()
-    if DeltaTable.isDeltaTable(spark, path):
-        have = {r[0] for r in spark.read.format("delta").load(path).select("ds").distinct().collect()}
-    matured = {ds - dt.timedelta(days=n) for n in REPURCHASE_HORIZONS_DAYS}
-    return sorted({d for d in window if d not in have or d in matured} | {ds})
-
-
-def _train_mode(cfg: Config, ds: dt.date) -> str:
-    from mtl import registry
-
-    if registry.champion_version(cfg) is None:
-        return "full"
-    weekday = cfg.pipeline.full_retrain_weekday
-    return "full" if weekday is not None and ds.weekday() == weekday else "incremental"
-
-
-def _scored_version(spark, cfg: Config, ds: dt.date) -> Optional[str]:
-    """The model version of the last successful score run for ds, if any."""
-    from delta.tables import DeltaTable
-    from pyspark.sql import functions as F
-
-    from mtl.tables import PIPELINE_RUNS
-
-    path = PIPELINE_RUNS.path(cfg.storage)
-    if not DeltaTable.isDeltaTable(spark, path):
-        return None
-    last = (spark.read.format("delta").load(path)
-            .where((F.col("job") == "score") & (F.col("status") == "succeeded") & (F.col("ds") == F.lit(ds)))
-            .orderBy(F.col("started_at").desc()).select("model_version").first())
-    return last[0] if last else None
-
-
 def run_day(spark, cfg: Config, ds: dt.date, start_at: str = STEPS[0], retrain: bool = False) -> DayReport:
     """Run the steps of one ds from ``start_at`` on; the first failure stops the chain."""
     from mtl import registry
     from mtl.evaluate.job import run_evaluate
     from mtl.evaluate.publish import GateRefused, run_publish
-    from mtl.features.job import build_features
+    from mtl.evaluate.publish import summarize as publish_summary
+    from mtl.features.job import build_features_days
     from mtl.ingest.job import run_ingest
     from mtl.pipeline.quality import check_outputs
     from mtl.score.job import run_score
@@ -114,54 +76,48 @@ def run_day(spark, cfg: Config, ds: dt.date, start_at: str = STEPS[0], retrain: 
                             f"{r.duplicates:,} duplicates, {r.quarantined:,} quarantined")
 
     def features() -> None:
-        days = feature_days(spark, cfg, ds)
-        for day in days:
-            r = build_features(spark, cfg, day)
+        days = policy.feature_days(spark, cfg, ds)
+        r = build_features_days(spark, cfg, days)[-1]
         report.lines.append(f"build_features: ds {', '.join(map(str, days))}; for {ds}: "
                             + ", ".join(f"{k} {v:,}" for k, v in r.rows.items()))
 
     def train() -> None:
-        # A rerun of the day keeps the day's model: retraining would change what it published.
-        trained = registry.versions_for_ds(cfg, ds.isoformat())
-        if trained and not retrain:
-            report.model_version = trained[-1]
-            report.lines.append(f"train: version {trained[-1]} was trained for {ds} already (rerun: reused)")
+        choice = policy.choose_training(cfg, ds, policy.AUTO, retrain)
+        if choice.reuse:
+            policy.record_reuse(spark, cfg, ds, choice)
+            report.model_version = choice.reuse
+            report.lines.append(f"train: {choice.reason}")
             return
-        mode = _train_mode(cfg, ds)
-        r = run_train(spark, cfg, ds, mode)
+        r = run_train(spark, cfg, ds, choice.mode)
         report.model_version = r.model_version
-        report.lines.append(f"train ({mode}): version {r.model_version} on ds {r.train_days[0]}..{r.train_days[1]} "
-                            f"({r.train_rows:,} rows)")
+        report.lines.append(f"train ({r.mode}): version {r.model_version} on ds {r.train_days[0]}..{r.train_days[1]} "
+                            f"({r.train_rows:,} rows; {choice.reason})")
 
     def evaluate() -> None:
-        version = report.model_version or registry.latest_version(cfg)
+        version = report.model_version or policy.require_trained_version(cfg, ds)
         r = run_evaluate(spark, cfg, ds, version)
         report.model_version = r.model_version
         report.lines.append(f"evaluate: version {r.model_version} on {ds}; report {r.report_uri}")
         report.lines.extend("  " + line for line in _metric_lines(r.rows))
 
     def publish() -> None:
-        champion = registry.champion_version(cfg)
-        if champion is not None and int(champion) > int(report.model_version):
-            report.published = False
-            report.lines.append(f"publish: skipped, a newer version ({champion}) is already published")
-            return
+        version = report.model_version or policy.require_trained_version(cfg, ds)
         try:
-            r = run_publish(spark, cfg, ds, report.model_version)
-            report.published = True
-            report.lines.append(f"publish: version {r.model_version} is the champion")
+            r = run_publish(spark, cfg, ds, version)
         except GateRefused as refused:
             report.published = False
             champion = registry.champion_version(cfg)
             report.lines.append(f"publish: refused ({refused}); scoring keeps the champion {champion or '(none)'}")
             if champion is None:
                 raise JobError("the gate refused the first model and there is no published model to score with") from refused
+            return
+        report.published = r.published
+        first, *checks = publish_summary(r).splitlines()
+        report.lines.append("publish: " + first)
+        report.lines.extend("  gate: " + line.strip() for line in checks)
 
     def score() -> None:
-        # A rerun scores with the model the day was scored with before, so its output stays the same.
-        before = _scored_version(spark, cfg, ds)
-        day_cfg = dataclasses.replace(cfg, scoring=dataclasses.replace(cfg.scoring, model_version=before)) if before else cfg
-        r = run_score(spark, day_cfg, ds)
+        r = run_score(spark, policy.keep_scored_model(spark, cfg, ds), ds)
         report.lines.append(f"score: model version {r.model_version}, {r.active_users:,} users, "
                             + ", ".join(f"{k} {v:,}" for k, v in r.rows.items()))
 
@@ -186,7 +142,9 @@ def run_day(spark, cfg: Config, ds: dt.date, start_at: str = STEPS[0], retrain: 
 def _metric_lines(rows) -> list[str]:
     """The headline of the evaluation: per task, the model's AUC (Recall@20 for retrieval) and the
     best baseline's."""
-    wanted = {("recommendation", "recall", 20)} | {(r.task, "auc", None) for r in rows if r.metric == "auc"}
+    from mtl.evaluate.metrics_table import RETRIEVAL
+
+    wanted = {(RETRIEVAL, "recall", 20)} | {(r.task, "auc", None) for r in rows if r.metric == "auc"}
     out = []
     for task, metric, k in sorted(wanted, key=str):
         values = {r.model_kind: r.value for r in rows if (r.task, r.metric, r.k) == (task, metric, k) and r.value is not None}
@@ -201,14 +159,25 @@ def _metric_lines(rows) -> list[str]:
 
 
 def summarize(reports: list[DayReport], cfg: Config) -> str:
-    from mtl.tables import warehouse_root
+    """Per day: the seconds of each step and what it did; then where every output is."""
+    from mtl import registry
+    from mtl.tables import DAILY_RECOMMENDATIONS, MODEL_METRICS, PIPELINE_RUNS, REPURCHASE_PREDICTIONS, warehouse_root
 
     lines = []
     for r in reports:
-        lines.append(f"== ds {r.ds} ({sum(r.seconds.values()):.0f}s) ==")
+        steps = ", ".join(f"{step} {seconds:.0f}s" for step, seconds in r.seconds.items())
+        lines.append(f"== ds {r.ds} ({sum(r.seconds.values()):.0f}s: {steps}) ==")
         lines.extend(r.lines)
-    lines.append(f"tables: {warehouse_root(cfg.storage)} (Delta; docs/tables.md); "
-                 f"MLflow: {cfg.tracking.tracking_uri or 'sqlite under ' + warehouse_root(cfg.storage) + '/mlflow'}")
+    try:
+        champion = registry.champion_version(cfg) or "none"
+    except Exception as exc:  # the summary must not hide the run's own outcome
+        champion = f"unknown ({type(exc).__name__})"
+    lines.append("outputs (Delta tables; their columns: docs/tables.md):")
+    for spec in (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS, MODEL_METRICS, PIPELINE_RUNS):
+        lines.append(f"  {spec.name:<24}{spec.path(cfg.storage)}")
+    lines.append(f"  {'other tables':<24}{warehouse_root(cfg.storage)} (events, features, training_examples, ...)")
+    lines.append(f"  {'MLflow store':<24}{registry.tracking_uri(cfg)} (registered model "
+                 f"{cfg.tracking.registered_model!r}, {cfg.tracking.champion_alias} version {champion})")
     return "\n".join(lines)
 
 

@@ -9,6 +9,14 @@ Every step is one spark-submit job under ``jobs/``. Each takes ``--conf FILE``, 
 1 when it fails, 2 on a config error. Every job replaces what it wrote for its ds, so retries,
 reruns and catch-up runs are safe.
 
+The jobs take the chain's own decisions (``mtl/pipeline/policy.py``, the same functions the
+local runner calls) through the flags below: build_features ``--with-pending-days`` (the
+training window's missing days and the days whose labels just matured), train ``--mode auto``
+(full or incremental by the policy; a rerun keeps the version trained for ds), evaluate and
+publish ``--trained-for-ds`` (that version, not the latest registered), and score
+``--keep-scored-model`` (a rerun scores with the version ds was scored with before). publish
+skips, exit 0, when a newer version is already the champion.
+
 The quality gate (``publish``) exits non-zero when it refuses a model. It never changes the
 published model then, so the chain goes on and scores with the previous champion: the DAG
 routes around the gate with a branch (``after_gate``) rather than stopping.
@@ -33,7 +41,10 @@ SETTINGS_VARIABLE = "mtl_recsys_daily"
 DS = "{ds}"
 TRAIN_MODE = "{train_mode}"
 
-TRAIN_MODES = ("full", "incremental")
+# train --mode: auto is the chain's policy (mtl/pipeline/policy.py); full and incremental force
+# that mode and always train a new version (how an operator retrains a ds on a rerun).
+TRAIN_MODES = ("auto", "full", "incremental")
+DEFAULT_TRAIN_MODE = "auto"
 
 
 @dataclass(frozen=True)
@@ -51,18 +62,25 @@ class Step:
 STEPS: tuple[Step, ...] = (
     Step("ingest", "jobs/ingest.py", retries=2, timeout_minutes=60,
          doc="Raw logs of ds (`ingest.input`, `{ds}` filled in) -> `events`; rows already there are skipped."),
-    Step("build_features", "jobs/build_features.py", retries=2, timeout_minutes=120,
-         doc="`events` before ds -> the feature tables and `training_examples` of ds (partitions replaced)."),
+    Step("build_features", "jobs/build_features.py", ("--ds", DS, "--with-pending-days"), retries=2,
+         timeout_minutes=120,
+         doc="`events` before each day -> the feature tables and `training_examples` of ds, of the training "
+             "window's days that have none yet, and of the days whose repurchase labels just matured "
+             "(partitions replaced)."),
     Step("train", "jobs/train.py", ("--ds", DS, "--mode", TRAIN_MODE), retries=1, timeout_minutes=240,
-         doc="`training_examples` before ds -> a new registered model version (never published here)."),
-    Step("evaluate", "jobs/evaluate.py", retries=1, timeout_minutes=120,
-         doc="The latest registered version (the one train just registered: runs never overlap) and its "
-             "baselines on ds -> `model_metrics` and a report."),
-    Step("publish", "jobs/publish.py", retries=0, timeout_minutes=15,
-         doc="The quality gate: the evaluated version becomes the champion, or the job fails and the "
-             "champion stays as it was. Not retried: a refusal is final."),
-    Step("score", "jobs/score.py", retries=2, timeout_minutes=120,
-         doc="The champion -> the ds partitions of `daily_recommendations` and `repurchase_predictions`."),
+         doc="`training_examples` before ds -> a new registered model version (never published here). "
+             "--mode auto (the default param): full when nothing is published or on the full-retrain "
+             "weekday, else incremental; a rerun of ds keeps the version trained for it."),
+    Step("evaluate", "jobs/evaluate.py", ("--ds", DS, "--trained-for-ds"), retries=1, timeout_minutes=120,
+         doc="The version trained for ds (registered or kept by train) and its baselines on ds -> "
+             "`model_metrics` and a report."),
+    Step("publish", "jobs/publish.py", ("--ds", DS, "--trained-for-ds"), retries=0, timeout_minutes=15,
+         doc="The quality gate: the version trained for ds becomes the champion, or the job fails and the "
+             "champion stays as it was. Not retried: a refusal is final. Skipped (success, nothing changed) "
+             "when a newer version is already the champion."),
+    Step("score", "jobs/score.py", ("--ds", DS, "--keep-scored-model"), retries=2, timeout_minutes=120,
+         doc="The champion (a rerun: the version ds was scored with before) -> the ds partitions of "
+             "`daily_recommendations` and `repurchase_predictions`."),
     Step("check_outputs", "jobs/check_outputs.py", retries=1, timeout_minutes=30,
          doc="Data-quality checks of both output tables for ds (QUALITY_CHECKS); fails on any violation."),
 )
@@ -72,7 +90,7 @@ BY_NAME: dict[str, Step] = {s.name: s for s in STEPS}
 # The gate and the branch after it (Airflow task ids).
 GATE_STEP = "publish"
 GATE_DECISION = "gate_decision"  # branch: which of the two paths below
-NEW_MODEL = "use_new_model"  # the gate published the new version: score with it
+NEW_MODEL = "use_new_model"  # the gate published the version (or had nothing to do): score with the champion
 PREVIOUS_MODEL = "keep_previous_model"  # the gate refused: score with the previous champion
 DECISION_TIMEOUT = dt.timedelta(minutes=5)
 
@@ -84,7 +102,8 @@ _FAILED = "failed"
 def after_gate(gate_state: Optional[str]) -> str:
     """The task id to follow once the gate (publish) has finished in ``gate_state``.
 
-    success: the new version is the champion. failed: the gate refused it (or could not decide);
+    success: the version trained for ds is the champion (or publish skipped it: it already was, or
+    a newer version is, on a rerun of an earlier ds). failed: the gate refused it (or could not decide);
     publishing is one alias move, so the champion is the previous one either way. Any other state
     means the gate did not run because a step before it failed: there is nothing to score.
     """
@@ -147,7 +166,7 @@ SETTINGS_DOC: dict[str, str] = {
     "spark_conn_id": "Airflow connection of the Spark master and deploy mode (default spark_default)",
     "spark_submit": "SparkSubmitOperator arguments for every step (packages, conf, driver_memory, env_vars, ...)",
     "steps": "per step name: {retries, timeout_minutes, spark_submit}",
-    "train_mode": "default of the DAG param train_mode: full or incremental (default full)",
+    "train_mode": "default of the DAG param train_mode: auto, full or incremental (default auto)",
     "schedule": "cron expression or preset; each run covers one interval, its logical date is --ds (default @daily)",
     "timezone": "time zone of the schedule and of start_date (default UTC)",
     "start_date": "first logical date, YYYY-MM-DD (default 2024-01-01)",
@@ -178,7 +197,7 @@ class Settings:
     spark_conn_id: str = "spark_default"
     spark_submit: Mapping[str, Any] = field(default_factory=lambda: {"packages": DELTA_PACKAGE})
     steps: Mapping[str, StepSettings] = field(default_factory=dict)
-    train_mode: str = "full"
+    train_mode: str = DEFAULT_TRAIN_MODE
     schedule: str = "@daily"
     timezone: str = "UTC"
     start_date: str = "2024-01-01"
@@ -259,7 +278,7 @@ def load_settings(raw: Optional[Mapping[str, Any]], repo: str) -> Settings:
         _known(per_step, BY_NAME, f"{SETTINGS_VARIABLE}.steps")
         values["steps"] = {name: _step_settings(entry, f"{SETTINGS_VARIABLE}.steps.{name}")
                            for name, entry in per_step.items()}
-    if values.get("train_mode", "full") not in TRAIN_MODES:
+    if values.get("train_mode", DEFAULT_TRAIN_MODE) not in TRAIN_MODES:
         raise SettingsError(f"{SETTINGS_VARIABLE}.train_mode: one of {TRAIN_MODES}, got {values['train_mode']!r}")
     try:
         dt.date.fromisoformat(values.get("start_date", "2024-01-01"))

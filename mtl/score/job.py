@@ -365,11 +365,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         "repurchase_predictions, each ds partition replaced in one transaction after the output checks.",
         ds_required=True,
     )
+    parser.add_argument(
+        "--keep-scored-model", action="store_true",
+        help="if --ds was scored before, score it again with the same model version (the last successful score "
+             "run's, from pipeline_runs), so a rerun changes nothing; else the champion as usual. The daily DAG "
+             "and mtl-pipeline pass it",
+    )
     args = parser.parse_args(argv)
 
     def body(cfg: Config) -> str:
         from mtl.spark import build_spark
 
-        return summarize(run_score(build_spark(cfg.spark), cfg, args.ds))
+        spark = build_spark(cfg.spark)
+        if args.keep_scored_model:
+            from mtl.pipeline.policy import keep_scored_model
+
+            cfg = keep_scored_model(spark, cfg, args.ds)
+        return summarize(run_score(spark, cfg, args.ds))
 
     return run_job(args, body)

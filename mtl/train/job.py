@@ -398,6 +398,9 @@ def summarize(r: TrainResult) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from mtl.pipeline.policy import AUTO, choose_training, record_reuse
+    from mtl.pipeline.steps import TRAIN_MODES
+
     parser = job_parser(
         "train",
         "Train the multi-task model on training_examples before --ds and register a new model version "
@@ -405,17 +408,35 @@ def main(argv: Optional[list[str]] = None) -> int:
         "training.launcher=spark to run on this job's Spark executors.",
         ds_required=True,
     )
-    parser.add_argument("--mode", choices=MODES, default="full",
-                        help="full: retrain on the window; incremental: warm-start from the published model on D-1")
+    parser.add_argument("--mode", choices=TRAIN_MODES, default="full",
+                        help="full: retrain on the window; incremental: warm-start from the published model on D-1; "
+                             f"{AUTO}: what the daily chain does (mtl/pipeline/policy.py): full when nothing is "
+                             "published yet or on pipeline.full_retrain_weekday, else incremental, and a rerun of a "
+                             "ds that already has a trained version keeps it and trains nothing (default: full)")
+    parser.add_argument("--retrain", action="store_true",
+                        help=f"with --mode {AUTO}: train a new version even if --ds has one already")
     args = parser.parse_args(argv)
+    if args.retrain and args.mode != AUTO:
+        parser.error(f"--retrain goes with --mode {AUTO} (--mode full or incremental always trains)")
 
     def body(cfg: Config) -> Optional[str]:
         os.environ.setdefault("HOROVOD_GLOO_TIMEOUT_SECONDS", str(cfg.training.collective_timeout_s))
-        if cfg.training.launcher == "horovodrun" or HOROVOD_ENV in os.environ:
+        horovod = cfg.training.launcher == "horovodrun" or HOROVOD_ENV in os.environ
+        if horovod and args.mode == AUTO:
+            # Every rank would have to reach the same decision before Horovod starts.
+            raise InputError(f"--mode {AUTO} is for the local and spark launchers: under horovodrun give "
+                             "--mode full or incremental")
+        if horovod:
             result = run_train_horovodrun(cfg, args.ds, args.mode)
             return summarize(result) if result else None
         from mtl.spark import build_spark
 
-        return summarize(run_train(build_spark(cfg.spark), cfg, args.ds, args.mode))
+        choice = choose_training(cfg, args.ds, args.mode, args.retrain)
+        spark = build_spark(cfg.spark)
+        if choice.reuse:
+            record_reuse(spark, cfg, args.ds, choice)
+            return f"{choice.reason}; trained nothing (--retrain trains a new version)"
+        log.info("train: %s", choice.reason)
+        return summarize(run_train(spark, cfg, args.ds, choice.mode))
 
     return run_job(args, body)
