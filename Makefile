@@ -33,6 +33,7 @@ bench: setup
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/features.py
 	$(PY) benchmarks/model_train.py
+	$(PY) benchmarks/train_loader.py --warehouse benchmarks/out/features/users_50000/warehouse
 	$(PY) benchmarks/score.py
 	$(PY) benchmarks/evaluate.py
 

@@ -166,7 +166,9 @@ class TrainingConfig:
     reader_workers: int = 1
     # Checkpoints go under <warehouse>/<checkpoint_dir>/<run key>; a rerun of the same run resumes.
     checkpoint_dir: str = "_checkpoints"
-    # Threads per worker process for torch (None: torch's default).
+    # Threads per worker process for torch. None: torch's default in a single process; under
+    # Horovod, the host's cores shared out among its workers (each rank taking every core runs
+    # 2 workers 8x slower on 2 cores: BENCHMARKS.md).
     torch_threads: Optional[int] = None
 
 

@@ -34,6 +34,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    local_size: int = 1  # workers on this host
 
     @property
     def is_chief(self) -> bool:
@@ -56,7 +57,7 @@ def init_world() -> World:
 
     if not hvd.is_initialized():  # the horovodrun path initialises before planning
         hvd.init()
-    return World(hvd.rank(), hvd.size(), hvd.local_rank())
+    return World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
 
 
 def distribute(model: MultiTaskRecModel, loss_fn: MultiTaskLoss, optimizers: Optimizers, sparse_as_dense: bool) -> Optimizers:

@@ -212,8 +212,9 @@ def parameter_digest(model: torch.nn.Module) -> str:
 def train_worker(plan: TrainPlan) -> WorkerResult:
     """Train on this process's shard; the same function for every launch mode."""
     world = init_world()
-    if plan.torch_threads:
-        torch.set_num_threads(plan.torch_threads)
+    threads = plan.torch_threads or (max(1, (os.cpu_count() or 1) // world.local_size) if world.distributed else None)
+    if threads:
+        torch.set_num_threads(threads)
     model_cfg = parse_typed(ModelConfig, plan.model_config)
     if plan.scale_lr_with_workers and world.size > 1:
         model_cfg = _scaled(model_cfg, world.size)
