@@ -32,7 +32,9 @@ training_examples table written by Delta:
 from __future__ import annotations
 
 import os
+import queue
 import re
+import threading
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -218,7 +220,11 @@ class ExampleBatches:
             if absent:
                 raise InputError(f"the files lack the column(s) {', '.join(absent)} (first file: {self.urls[0]})")
             chunks = (to_arrays(chunk._asdict(), self.fields, self.labels) for chunk in reader)
-            for batch in _rebatch(chunks, self.batch_size, self.drop_last, rng, self.shuffle_buffer_rows):
+            batches = _rebatch(chunks, self.batch_size, self.drop_last, rng, self.shuffle_buffer_rows)
+            # Room for two shuffle blocks of batches: the next block is converted and shuffled
+            # while training consumes this one.
+            ahead = 2 * (max(self.batch_size, self.shuffle_buffer_rows) // self.batch_size + 1)
+            for batch in _in_background(batches, ahead):
                 yield _tensors(batch)
 
 
@@ -337,6 +343,55 @@ def _rebatch(
     if pending_rows:
         end = pending_rows - pending_rows % batch_size if drop_last else pending_rows
         yield from _split(_join(pending, rng), end, batch_size)
+
+
+class _Raised:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _in_background(items: Iterator[Arrays], ahead: int) -> Iterator[Arrays]:
+    """``items`` in the same order, produced by a background thread up to ``ahead`` items early.
+
+    Converting Petastorm's row groups and shuffling them costs about half a second per 157k-row
+    block; on the training thread that stalls a step every block (BENCHMARKS.md). numpy and torch
+    release the GIL in their loops, so the two threads overlap. Closing the iterator stops the
+    thread before the reader it pulls from is closed."""
+    queue_: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+    stop = threading.Event()
+    finished = object()
+
+    def offer(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                queue_.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+            offer(finished)
+        except BaseException as error:  # handed to the consumer, which raises it
+            offer(_Raised(error))
+
+    thread = threading.Thread(target=produce, name="mtl-batches", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = queue_.get()
+            if item is finished:
+                return
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _length(arrays: Arrays) -> int:
