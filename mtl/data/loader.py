@@ -145,6 +145,7 @@ class ExampleBatches:
         shuffle_buffer_rows: int = DEFAULT_SHUFFLE_BUFFER_ROWS,
         workers_count: int = 1,
         storage_options: Optional[Mapping[str, Any]] = None,
+        prepare_ahead: bool = True,
     ) -> None:
         if not files:
             raise InputError("no files to read batches from")
@@ -167,6 +168,7 @@ class ExampleBatches:
         self.shuffle_buffer_rows = shuffle_buffer_rows
         self.workers_count = workers_count
         self.storage_options = dict(storage_options) if storage_options else None
+        self.prepare_ahead = prepare_ahead  # convert and shuffle on a background thread
         self._passes: weakref.WeakSet[Iterator[dict[str, Tensor]]] = weakref.WeakSet()
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
@@ -224,7 +226,7 @@ class ExampleBatches:
             # Room for two shuffle blocks of batches: the next block is converted and shuffled
             # while training consumes this one.
             ahead = 2 * (max(self.batch_size, self.shuffle_buffer_rows) // self.batch_size + 1)
-            for batch in _in_background(batches, ahead):
+            for batch in _in_background(batches, ahead) if self.prepare_ahead else batches:
                 yield _tensors(batch)
 
 
