@@ -49,25 +49,14 @@ DAY = dt.timedelta(days=1)
 SAMPLE = ROOT.parent / "shared" / "data" / "taobao_user_behavior_sample.csv"
 ALL_BASELINES = ("evaluation.baselines=[popularity, category_popularity, als, logistic_regression, gbt, single_task, "
                  "recency_frequency]")
-# Sized for a few thousand users and up to ~100k items; the streaming item-frequency estimate
-# (log-Q correction) adapts fast enough for a few hundred steps an epoch.
-MODEL = """\
-extends: {root}/conf/models/mmoe.yaml
-embedding: {{dim: 16, buckets: {{user: 65536, item: 131072, category: 8192, row_kind: 8}}}}
-architecture: {{experts: 4, expert_units: [64], tower_units: [32], dropout: 0.1}}
-retrieval: {{dim: 32, tower_units: [64], frequency_buckets: 65536, temperature: 0.1, frequency_alpha: 0.1}}
-optimizer: {{lr: 0.002, sparse_lr: 0.01}}
-trainer: {{epochs: 10, batch_size: 512, patience: 2, checkpoint_every_steps: 0, log_every_steps: 200}}
-"""
+MODEL = ROOT / "conf" / "models" / "mmoe_small.yaml"
 
 
 def base_overrides(work: Path) -> list[str]:
-    model = work / "model.yaml"
-    model.parent.mkdir(parents=True, exist_ok=True)
-    model.write_text(MODEL.format(root=ROOT))
+    work.mkdir(parents=True, exist_ok=True)
     return [
         "spark.show_progress=false", "spark.log_level=ERROR", f"storage.warehouse={work / 'warehouse'}",
-        f"model_config={model}", ALL_BASELINES, "training.torch_threads=2",
+        f"model_config={MODEL}", ALL_BASELINES, "training.torch_threads=2",
     ]
 
 

@@ -48,15 +48,6 @@ trainer: {{epochs: 6, batch_size: 128, checkpoint_every_steps: 0, log_every_step
 
 
 Q = START + 14 * DAY  # 21 days generated; trained on Q-7..Q-2, validated on Q-1
-# The benchmark's model (benchmarks/evaluate.py), for a world of a couple of thousand users.
-QUALITY_MODEL = """\
-extends: {root}/conf/models/mmoe.yaml
-embedding: {{dim: 16, buckets: {{user: 65536, item: 131072, category: 8192, row_kind: 8}}}}
-architecture: {{experts: 4, expert_units: [64], tower_units: [32], dropout: 0.1}}
-retrieval: {{dim: 32, tower_units: [64], frequency_buckets: 65536, temperature: 0.1, frequency_alpha: 0.1}}
-optimizer: {{lr: 0.002, sparse_lr: 0.01}}
-trainer: {{epochs: 10, batch_size: 512, patience: 2, checkpoint_every_steps: 0, log_every_steps: 200}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +206,7 @@ def quality_world(spark, tmp_path_factory):
     impressions that global popularity out-recalls the model; with 0.3 nobody learns much taste
     from two weeks of clicks (measured)."""
     root = tmp_path_factory.mktemp("evaluate_quality")
-    model = root / "quality_model.yaml"
-    model.write_text(QUALITY_MODEL.format(root=Path(__file__).resolve().parents[1]))
+    model = Path(__file__).resolve().parents[1] / "conf" / "models" / "mmoe_small.yaml"  # benchmarks/evaluate.py's
     cfg = world_config(root, f"model_config={model}", "training.window_days=7", "training.torch_threads=2",
                        "generator.categories=20", "generator.popularity_exponent=0.5", "generator.users_per_block=500",
                        "generator.partitions=4", "evaluation.twin_epochs=2", users=1500, items=400, days=21)
