@@ -16,12 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from petastorm.workers_pool.thread_pool import WorkerThread
 
 from mtl import delta_io
 from mtl.data.loader import ExampleBatches, in_memory_batches, input_columns, row_count
+from mtl.data.petastorm_reader import list_column_to_matrix
 from mtl.data.snapshot import describe_days, snapshot_files
 from mtl.errors import InputError
 from mtl.features.schema import (
@@ -201,6 +204,37 @@ def test_misshapen_columns_are_rejected_with_their_name():
         next(in_memory_batches(nulls, 8))
     with pytest.raises(InputError, match="lack the column.* click"):
         next(in_memory_batches(frame.drop(columns="click"), 8))
+
+
+def test_list_columns_become_matrices_from_their_flat_values():
+    lists = [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]
+    # Two chunks, the second a slice (its values buffer starts before its first row).
+    column = pa.chunked_array([pa.array(lists[:1]), pa.array(lists).slice(1)])
+    matrix = list_column_to_matrix("h", column)
+    np.testing.assert_array_equal(matrix, np.vstack(lists))
+    assert matrix.dtype == np.int64
+    assert list_column_to_matrix("h", pa.chunked_array([pa.array([[1]])]).slice(0, 0)).shape == (0,)
+
+
+def test_ragged_or_null_lists_in_files_are_rejected_with_their_name(current, tmp_path):
+    """Rows of a file that break the fixed-length contract fail the read, naming the column."""
+    good = pq.read_table(current.files[0].removeprefix("file:"))
+    history = good.column("hist_item_hashes").to_pylist()
+    for case, bad_row, message in (
+        ("ragged", [1, 2], r"hist_item_hashes: rows hold lists of different lengths \(2 to 20\)"),
+        ("null", None, r"hist_item_hashes: 1 row\(s\) hold a null"),
+    ):
+        rows = [bad_row, *history[1:]]
+        broken = good.set_column(
+            good.schema.get_field_index("hist_item_hashes"),
+            "hist_item_hashes",
+            pa.array(rows, type=good.schema.field("hist_item_hashes").type),
+        )
+        path = tmp_path / f"{case}.parquet"
+        pq.write_table(broken, path)
+        with pytest.raises(InputError, match=message):
+            list(ExampleBatches([str(path)], 8))
+    assert petastorm_threads() == 0
 
 
 def test_two_shards_are_disjoint_and_cover_every_row(current):
