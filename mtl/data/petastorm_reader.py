@@ -10,8 +10,8 @@ it was most of what the reader took from training.
 So this module builds the same ``petastorm.reader.Reader`` that ``make_batch_reader`` builds (same
 row-group selection, sharding, shuffling and thread pool; Petastorm's ``worker_class`` parameter is
 the documented way to choose the worker), with a worker class whose results-queue reader converts
-a list column from its flat values buffer, reshaped to [rows, length]. Other columns are converted
-exactly as Petastorm converts them.
+the row group with ``mtl.data.arrow_columns.numpy_columns``: a list column is reshaped from its
+flat values buffer; other columns come out as Petastorm makes them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from petastorm.reader import Reader
 from petastorm.workers_pool import EmptyResultError
 from petastorm.workers_pool.thread_pool import ThreadPool
 
-from mtl.errors import InputError
+from mtl.data.arrow_columns import numpy_columns
 
 
 def open_batch_reader(
@@ -65,30 +65,6 @@ def open_batch_reader(
     )
 
 
-def list_column_to_matrix(name: str, column: pa.ChunkedArray) -> np.ndarray:
-    """A list column of one length per row as a read-only int/float matrix [rows, length].
-
-    Zero rows give an empty object array (the length cannot be known); nulls or rows of
-    different lengths are an ``InputError`` naming the column."""
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    rows = len(array)
-    if rows == 0:
-        return np.empty(0, dtype=object)
-    if array.null_count:
-        raise InputError(f"column {name}: {array.null_count} row(s) hold a null instead of a list")
-    offsets = array.offsets.to_numpy()
-    lengths = np.diff(offsets)
-    if lengths.min() != lengths.max():
-        raise InputError(
-            f"column {name}: rows hold lists of different lengths ({lengths.min()} to {lengths.max()}), "
-            "expected one fixed length"
-        )
-    values = array.flatten()
-    if values.null_count:
-        raise InputError(f"column {name}: {values.null_count} list element(s) are null")
-    return values.to_numpy(zero_copy_only=False).reshape(rows, int(lengths[0]))
-
-
 class _ArrowColumnsResultsReader(ArrowReaderWorkerResultsQueueReader):
     def read_next(self, workers_pool, schema, ngram):
         assert not ngram, "no ngrams in batch readers"
@@ -96,15 +72,10 @@ class _ArrowColumnsResultsReader(ArrowReaderWorkerResultsQueueReader):
             table = workers_pool.get_results()
         except EmptyResultError:
             raise StopIteration
-        columns = {}
+        columns = numpy_columns(table)
         for name in table.column_names:
-            column = table.column(name)
-            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-                columns[name] = list_column_to_matrix(name, column)
-            elif pa.types.is_string(column.type):
-                columns[name] = column.to_pandas().to_numpy().astype(np.str_)
-            else:  # as Petastorm: a nullable integer column with a null becomes float64 with NaN
-                columns[name] = column.to_pandas().to_numpy()
+            if pa.types.is_string(table.column(name).type):
+                columns[name] = columns[name].astype(np.str_)  # as Petastorm
         return schema.make_namedtuple(**columns)
 
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,8 @@ import torch
 from pyspark import Accumulator, Broadcast, TaskContext
 from pyspark.sql import types as T
 
-from mtl.data.loader import MODEL_FIELDS, to_arrays
+from mtl.data.arrow_columns import numpy_columns
+from mtl.data.loader import MODEL_FIELDS, input_columns, to_arrays
 from mtl.errors import JobError
 from mtl.models.model import MultiTaskRecModel
 from mtl.registry import Artifact
@@ -84,9 +86,13 @@ def worker_model(shipment: Broadcast) -> MultiTaskRecModel:
     return model
 
 
-def model_batch(frame: pd.DataFrame) -> dict[str, torch.Tensor]:
-    """A pandas frame of model_inputs columns as the model's batch (no labels)."""
-    return {name: torch.from_numpy(array) for name, array in to_arrays(frame, MODEL_FIELDS, labels=()).items()}
+def model_batch(rows: Union[pd.DataFrame, pa.RecordBatch]) -> dict[str, torch.Tensor]:
+    """A pandas frame or an Arrow record batch of model_inputs columns as the model's batch (no
+    labels). A record batch's history columns are reshaped from their Arrow buffers, skipping
+    pandas' one small array per row."""
+    if isinstance(rows, pa.RecordBatch):
+        rows = numpy_columns(rows, input_columns(MODEL_FIELDS, labels=()))
+    return {name: torch.from_numpy(array) for name, array in to_arrays(rows, MODEL_FIELDS, labels=()).items()}
 
 
 def _finite(vectors: torch.Tensor, what: str) -> torch.Tensor:
@@ -123,17 +129,16 @@ def retrieval_stage(
         item_vecs = torch.from_numpy(items.vectors)
         item_ids, category_ids = pa.array(items.item_ids, pa.string()), pa.array(items.category_ids, pa.string())
         for batch in batches:
-            frame = batch.to_pandas()
             user_ids = batch.column("user_id")
-            for start in range(0, len(frame), users_per_batch):
-                part = frame.iloc[start:start + users_per_batch]
+            for start in range(0, batch.num_rows, users_per_batch):
+                part = batch.slice(start, users_per_batch)
                 with torch.inference_mode():
                     user_vecs = _finite(model.user_vectors(model_batch(part)), "user")
                 started = time.perf_counter()
                 scores, rows = blocked_top_m(user_vecs, item_vecs, m, block_size)
                 scan_seconds.add(time.perf_counter() - started)
                 rows = pa.array(rows.numpy().ravel())
-                owner = pa.array(np.repeat(np.arange(start, start + len(part)), scores.shape[1]))
+                owner = pa.array(np.repeat(np.arange(start, start + part.num_rows), scores.shape[1]))
                 yield pa.RecordBatch.from_arrays(
                     [user_ids.take(owner), item_ids.take(rows), category_ids.take(rows), pa.array(scores.numpy().ravel())],
                     schema=CANDIDATES_ARROW_SCHEMA,
