@@ -139,40 +139,6 @@ def test_sequences_are_pooled_over_present_ids_only(world, batch):
     assert torch.equal(pooled[1], torch.zeros(8))
 
 
-def test_interactions_are_inner_products_of_same_vocab_fields(world, batch):
-    project = build_model(model_config("mmoe", "architecture.interactions=true"), model_fields(), None)
-    assert project.interactions == [
-        ("hist_item_hashes", "item_hash"), ("hist_category_hashes", "category_hash"),
-        ("u_top_category_hashes", "category_hash"),
-    ]
-    model = build_model(model_config("mmoe", "architecture.interactions=true"), FIELDS, None)
-    assert model.interactions == [("hist_item_hashes", "item_hash")]  # the test world's one pair
-    widths = model.features.widths
-    assert model.backbone.gates.in_features == widths["user"] + widths["item"] + widths["pair"] + 1
-    parts = model.features(batch)
-    item = model.features.tables["item"]
-    np.testing.assert_allclose(  # the sliced field vector is the candidate item's embedding row
-        model.features.field_vector(parts, "item_hash").detach(),
-        item(hash_to_bucket(batch["item_hash"], item.num_embeddings)).detach(),
-    )
-    history = model.features.field_vector(parts, "hist_item_hashes")
-    np.testing.assert_allclose(history.detach(), parts["user"][:, 8:16].detach())  # after user_hash (8)
-
-    # The ranking input is the three sides, then the products.
-    vector = model.features.field_vector
-    products = [(vector(parts, u) * vector(parts, i)).sum(1) for u, i in model.interactions]
-    x = torch.cat([parts["user"], parts["item"], parts["pair"], torch.stack(products, dim=1)], dim=1)
-    model.eval()
-    expected = {t: model.towers[t](h) for t, h in zip(model.tasks, model.backbone(x))}
-    for task, logit in model(batch).logits.items():
-        torch.testing.assert_close(logit, expected[task])
-    without = build_model(model_config("mmoe", "architecture.interactions=false"), FIELDS, None)
-    assert without.backbone.gates.in_features == model.backbone.gates.in_features - 1
-    with pytest.raises(ConfigError, match="architecture.interactions: no user-side and item-side fields share a vocab"):
-        build_model(model_config("mmoe", "architecture.interactions=true"),
-                    [f for f in FIELDS if f.side != "item" or f.kind == "dense"], None)
-
-
 # ---- forward and backward
 
 

@@ -38,11 +38,6 @@ class ArchitectureConfig:
 
     name: Literal["shared_bottom", "mmoe", "ple", "esmm"] = "mmoe"
     dropout: float = 0.1
-    # Inner products of each user-side id field with each item-side id field of the same vocab
-    # (the history's items with the candidate item, the history's categories with its category)
-    # join the ranking input: an MLP over concatenated embeddings learns such a product poorly,
-    # and it is the user-item taste signal. Off in configs saved before it existed.
-    interactions: bool = False
     tower_units: list[int] = field(default_factory=lambda: [32])
     # shared_bottom: the one MLP every task reads
     bottom_units: list[int] = field(default_factory=lambda: [128, 64])

@@ -91,21 +91,6 @@ class FeatureEmbedding(nn.Module):
     def sparse_parameters(self) -> list[nn.Parameter]:
         return [t.weight for t in self.tables.values()]
 
-    def interaction_pairs(self) -> list[tuple[str, str]]:
-        """(user-side field, item-side field) pairs that look up the same table: their vectors
-        live in one space, so their inner product means something."""
-        return [
-            (u.name, i.name)
-            for u in self.id_fields if u.side == "user"
-            for i in self.id_fields if i.side == "item" and i.vocab == u.vocab
-        ]
-
-    def field_vector(self, parts: Mapping[Side, Tensor], name: str) -> Tensor:
-        """[B, dim]: id field ``name``'s (pooled) embedding, sliced out of ``forward``'s output."""
-        side = next(f.side for f in self.id_fields if f.name == name)
-        start = self.side_fields[side].index(name) * self.dim
-        return parts[side][:, start:start + self.dim]
-
     def forward(self, batch: Batch, sides: Sequence[Side] = SIDES) -> dict[Side, Tensor]:
         """Side -> [B, widths[side]]. Only the fields of ``sides`` are read from the batch."""
         vectors = self._embed_ids(batch, set(sides))

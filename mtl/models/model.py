@@ -49,10 +49,7 @@ class MultiTaskRecModel(nn.Module):
         self.features = FeatureEmbedding(fields, cfg.embedding, feature_stats)
         widths = self.features.widths
         self.input_sides = tuple(s for s in SIDES if widths[s])
-        self.interactions = self.features.interaction_pairs() if arch.interactions else []
-        if arch.interactions and not self.interactions:
-            raise ConfigError("architecture.interactions: no user-side and item-side fields share a vocab")
-        self.backbone = build_backbone(arch, sum(widths.values()) + len(self.interactions), len(self.tasks))
+        self.backbone = build_backbone(arch, sum(widths.values()), len(self.tasks))
         self.towers = nn.ModuleDict({t: Tower(self.backbone.out_dim, arch.tower_units, arch.dropout) for t in self.tasks})
         # ESMM: the tower of the CTCVR task is the CVR tower; its task output is the product.
         self.esmm_tasks = (arch.esmm_ctr_task, arch.esmm_ctcvr_task) if arch.name == "esmm" else None
@@ -108,13 +105,7 @@ class MultiTaskRecModel(nn.Module):
         return [p for p in self.parameters() if id(p) not in sparse]
 
     def _rank(self, parts: dict[str, Tensor]) -> ModelOutput:
-        inputs = [parts[s] for s in self.input_sides]
-        if self.interactions:
-            vector = self.features.field_vector
-            inputs.append(torch.stack(
-                [(vector(parts, u) * vector(parts, i)).sum(1) for u, i in self.interactions], dim=1
-            ))
-        x = torch.cat(inputs, dim=1)
+        x = torch.cat([parts[s] for s in self.input_sides], dim=1)
         logits = {t: self.towers[t](h) for t, h in zip(self.tasks, self.backbone(x))}
         if self.esmm_tasks is None:
             return ModelOutput(logits)
