@@ -36,6 +36,7 @@ from mtl.features.schema import (
     Field,
     dense_columns,
     model_fields,
+    unobserved_labels,
 )
 from mtl.tables import TRAINING_EXAMPLES
 
@@ -235,6 +236,27 @@ def test_ragged_or_null_lists_in_files_are_rejected_with_their_name(current, tmp
         with pytest.raises(InputError, match=message):
             list(ExampleBatches([str(path)], 8))
     assert petastorm_threads() == 0
+
+
+def test_unobserved_labels_are_read_as_unknown_per_file(current):
+    """A model trained for ds B + 1 must not learn day B's repurchase outcomes (their windows reach
+    past B): the reader nulls them in B's files, and leaves day A's 30-day ones alone."""
+    as_of = B + dt.timedelta(days=1)
+    assert unobserved_labels(A, as_of) == ("repurchase_7d", "repurchase_30d")  # A + 7 > B + 1
+    assert unobserved_labels(A, A + dt.timedelta(days=7)) == ("repurchase_30d",)  # [A, A + 7) observed
+    assert unobserved_labels(A, A + dt.timedelta(days=30)) == ()
+    assert {day for day in current.file_days.values()} == {A, B}
+    assert sorted(current.file_days) == current.files
+    day_b = [f for f, day in current.file_days.items() if day == B]
+    assert len(day_b) == FILES_PER_DAY
+
+    masked = by_user(collect(ExampleBatches(
+        current.files, 32, unknown_labels={f: ["repurchase_7d", "repurchase_30d"] for f in day_b})))
+    wanted = expected((A, NEW_A), (B, DAY_B))
+    on_b = np.isin(wanted["user_hash"], expected((B, DAY_B))["user_hash"])
+    for label in ("repurchase_7d", "repurchase_30d"):
+        wanted[label] = np.where(on_b, np.float32(MISSING_LABEL), wanted[label])
+    assert_same(masked, wanted)
 
 
 def test_two_shards_are_disjoint_and_cover_every_row(current):

@@ -11,7 +11,9 @@ from mtl import registry
 from mtl.errors import InputError
 from mtl.runs import RunRecorder  # noqa: F401  (pipeline_runs rows are checked through helpers)
 from mtl.train.artifacts import load_model
-from mtl.train.job import run_train
+from mtl.data.snapshot import snapshot_files
+from mtl.tables import TRAINING_EXAMPLES
+from mtl.train.job import plan_training, run_train, unknown_labels
 from tests.generated import START, build_world, world_config
 from tests.helpers import runs
 
@@ -33,11 +35,25 @@ def test_full_training_registers_a_version_and_learns(spark, world):
     assert registry.champion_version(world) is None  # training never publishes
     artifact = registry.load_version(world, version=result.model_version)
     assert artifact.metadata["tables_read"]["training_examples"] == result.table_version
+    assert artifact.metadata["unobserved_labels_masked"] is True
     model = load_model(artifact)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     record = runs(spark, world).where("job = 'train'").orderBy("started_at").collect()[-1]
     assert record.status == "succeeded" and record.model_version == result.model_version
     assert record.tables_read["training_examples"] == result.table_version
+
+
+def test_repurchase_outcomes_reaching_ds_are_unknown_to_training(spark, world):
+    """Every day read (D-3..D-1) is within 7 days of D, so no repurchase label may be learned:
+    the plan reads both as unknown in every training and validation file."""
+    plan = plan_training(spark, world, D, "full")
+    files = plan.train_files + plan.val_files
+    assert plan.unknown_labels == {f: ["repurchase_7d", "repurchase_30d"] for f in files}
+    later = D + dt.timedelta(days=30)  # as of D + 30, every outcome of those days is observed
+    snapshot = snapshot_files(spark, TRAINING_EXAMPLES.path(world.storage), FEATURE_DAYS[0], FEATURE_DAYS[-1])
+    assert unknown_labels(later, snapshot) == {}
+    week_later = unknown_labels(D + dt.timedelta(days=8), snapshot)  # 7-day windows observed, 30-day not
+    assert week_later == {f: ["repurchase_30d"] for f in snapshot.files}
 
 
 def test_incremental_needs_a_published_model_then_warm_starts(spark, world):

@@ -123,6 +123,10 @@ class ExampleBatches:
     (what an exact mid-epoch resume needs) with one reader worker; with more, row groups arrive
     in the order the workers finish them.
 
+    ``unknown_labels`` maps a file, named as in ``files``, to labels whose values there are read
+    as unknown (MISSING_LABEL), e.g. repurchase outcomes not observable as of the ds being
+    trained for; entries for other files are ignored, so one mapping can serve several readers.
+
     ``shard``/``num_shards`` (Horovod's rank/size) give each process a disjoint set of row groups
     that together cover every row once; ranks get about, not exactly, the same number of rows,
     so a distributed loop must agree on a common number of steps.
@@ -148,6 +152,7 @@ class ExampleBatches:
         workers_count: int = 1,
         storage_options: Optional[Mapping[str, Any]] = None,
         prepare_ahead: bool = True,
+        unknown_labels: Optional[Mapping[str, Sequence[str]]] = None,
     ) -> None:
         if not files:
             raise InputError("no files to read batches from")
@@ -171,6 +176,9 @@ class ExampleBatches:
         self.workers_count = workers_count
         self.storage_options = dict(storage_options) if storage_options else None
         self.prepare_ahead = prepare_ahead  # convert and shuffle on a background thread
+        # file URI -> labels read as unknown (MISSING_LABEL) in that file
+        unknown = unknown_labels or {}
+        self.unknown_labels = {url: tuple(unknown[f]) for f, url in zip(files, self.urls) if unknown.get(f)}
         self._passes: weakref.WeakSet[Iterator[dict[str, Tensor]]] = weakref.WeakSet()
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
@@ -211,6 +219,7 @@ class ExampleBatches:
                 shard_count=self.num_shards,
                 hdfs_driver=HDFS_DRIVER,
                 storage_options=self.storage_options,
+                null_columns=self.unknown_labels,
             )
         except NoDataAvailableError as e:
             raise InputError(

@@ -43,17 +43,25 @@ def open_batch_reader(
     shard_count: Optional[int],
     hdfs_driver: str,
     storage_options: Optional[Mapping[str, Any]],
+    null_columns: Optional[Mapping[str, Sequence[str]]] = None,
 ) -> Reader:
     """``make_batch_reader(urls, reader_pool_type="thread", num_epochs=1, ...)`` with the
-    vectorised conversion of array columns; batches are namedtuples of numpy arrays as there."""
+    vectorised conversion of array columns; batches are namedtuples of numpy arrays as there.
+
+    ``null_columns`` maps some of ``urls`` to columns whose values in that file are read as all
+    null (labels a run must not learn from, see mtl.features.schema.unobserved_labels)."""
     filesystem, paths = get_filesystem_and_path_or_paths(
         list(urls), hdfs_driver, storage_options=dict(storage_options) if storage_options else None
     )
+    worker = _ArrowColumnsWorker
+    if null_columns:
+        by_path = {path: tuple(null_columns[url]) for url, path in zip(urls, paths) if null_columns.get(url)}
+        worker = type("_NullingArrowColumnsWorker", (_NullingWorker,), {"null_columns": by_path})
     return Reader(
         filesystem,
         paths,
         schema_fields=list(schema_fields),
-        worker_class=_ArrowColumnsWorker,
+        worker_class=worker,
         reader_pool=ThreadPool(workers_count, results_queue_size),
         seed=seed,
         shuffle_row_groups=shuffle_row_groups,
@@ -83,3 +91,18 @@ class _ArrowColumnsWorker(ArrowReaderWorker):
     @staticmethod
     def new_results_queue_reader():
         return _ArrowColumnsResultsReader()
+
+
+class _NullingWorker(_ArrowColumnsWorker):
+    """Reads ``null_columns[path]`` of each file as nulls (the subclass made per reader sets it)."""
+
+    null_columns: dict[str, tuple[str, ...]] = {}
+
+    def _load_rows(self, pq_file, piece, shuffle_row_drop_range):
+        table = super()._load_rows(pq_file, piece, shuffle_row_drop_range)
+        for name in self.null_columns.get(piece.path, ()):
+            at = table.schema.get_field_index(name)
+            if at >= 0:
+                column_type = table.schema.field(at).type
+                table = table.set_column(at, pa.field(name, column_type), pa.nulls(table.num_rows, column_type))
+        return table

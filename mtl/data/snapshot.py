@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from delta.tables import DeltaTable
@@ -33,12 +33,14 @@ UNREADABLE_FEATURES = ("deletionVectors", "columnMapping")
 @dataclass(frozen=True)
 class Snapshot:
     """What a training run reads: the table ``version``, the Parquet ``files`` of the ds range
-    (URIs as Delta names them, sorted, so that every rank shards the same list the same way)
-    and their total ``rows``."""
+    (URIs as Delta names them, sorted, so that every rank shards the same list the same way),
+    their total ``rows`` and the ds of each file (``file_days``, from the Delta log's partition
+    values: the files themselves do not hold ds)."""
 
     version: int
     files: list[str]
     rows: int
+    file_days: dict[str, dt.date] = field(default_factory=dict)
 
 
 def snapshot_files(
@@ -81,7 +83,9 @@ def snapshot_files(
             f"{where} has no rows for ds {describe_days(missing)} (asked for {ds_from}..{ds_to}; "
             f"present: {describe_days(sorted(rows_per_day))}): run build_features for the missing days"
         )
-    return Snapshot(version=read_version, files=sorted(in_range.inputFiles()), rows=sum(rows_per_day.values()))
+    # One metadata-only query per day: partition pruning lists that day's files from the log.
+    file_days = {f: day for day in rows_per_day for f in in_range.where(F.col(DS.name) == F.lit(day)).inputFiles()}
+    return Snapshot(version=read_version, files=sorted(file_days), rows=sum(rows_per_day.values()), file_days=file_days)
 
 
 def describe_days(days: Sequence[dt.date]) -> str:

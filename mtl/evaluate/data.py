@@ -18,7 +18,7 @@ from mtl import metrics as M
 from mtl.config import Config
 from mtl.errors import InputError
 from mtl.features.assemble import model_inputs
-from mtl.features.schema import LABELS
+from mtl.features.schema import LABELS, unobserved_labels
 from mtl.tables import (
     ITEM_FEATURES,
     TRAINING_EXAMPLES,
@@ -96,12 +96,22 @@ def label_counts(row: Row) -> dict[str, tuple[int, int]]:
 
 
 def training_window(spark: SparkSession, cfg: Config, ds_from: dt.date, ds_to: dt.date,
-                    version: Optional[int]) -> DataFrame:
-    """training_examples of ds_from..ds_to, at ``version`` (the one a model was trained on) if given."""
+                    version: Optional[int], as_of: Optional[dt.date] = None) -> DataFrame:
+    """training_examples of ds_from..ds_to, at ``version`` (the one a model was trained on) if given.
+    With ``as_of`` (the ds a model is trained for), the labels it must not learn are null, as the
+    train job reads them (mtl.features.schema.unobserved_labels)."""
     reader = spark.read.format("delta")
     if version is not None:
         reader = reader.option("versionAsOf", version)
-    return reader.load(TRAINING_EXAMPLES.path(cfg.storage)).where(F.col("ds").between(F.lit(ds_from), F.lit(ds_to)))
+    rows = reader.load(TRAINING_EXAMPLES.path(cfg.storage)).where(F.col("ds").between(F.lit(ds_from), F.lit(ds_to)))
+    if as_of is None:
+        return rows
+    days = [ds_from + dt.timedelta(days=k) for k in range((ds_to - ds_from).days + 1)]
+    for label in LABELS:
+        hidden = [day for day in days if label in unobserved_labels(day, as_of)]
+        if hidden:
+            rows = rows.withColumn(label, F.when(F.col("ds").isin(hidden), F.lit(None)).otherwise(F.col(label)))
+    return rows
 
 
 @dataclass(frozen=True)

@@ -190,8 +190,11 @@ def _overlapping_labels(spark, cfg: Config, candidate: Artifact, window: Trainin
     """Warnings for repurchase labels the version learned that were not observable on ds: a
     training row of day t labelled from [t, t + N) with t + N > ds saw outcomes on or after ds,
     the very window its evaluation scores, which makes its repurchase metrics optimistic. Rows
-    built before those days were observed carry null labels instead and do not count."""
+    built before those days were observed carry null labels instead and do not count. Versions
+    trained since the train job reads such labels as unknown learned none of them."""
     notes = []
+    if candidate.metadata.get("unobserved_labels_masked"):
+        return notes
     for label in _tasks(candidate):
         horizon = REPURCHASE_HORIZONS.get(label)
         if horizon is None:
@@ -267,7 +270,7 @@ def _binary_predictions(spark, cfg: Config, split: Split, popularity: B.Populari
         scorers.append(Scorer("recency_frequency", False))
     tabular = [kind for kind in TABULAR if kind in wanted]
     if tabular:
-        train = training_window(spark, cfg, window.train_from, window.train_to, window.table_version)
+        train = training_window(spark, cfg, window.train_from, window.train_to, window.table_version, as_of=window.ds)
         trainable = label_counts(train.agg(*label_count_columns()).first())
         with _timed(f"fitting {', '.join(tabular)}"):
             fitted = [

@@ -142,6 +142,7 @@ def train_twins(spark: SparkSession, cfg: Config, candidate: Artifact, window: T
                 init_weights=None, warm_start_version=None, checkpoint_dir=checkpoints,
                 scale_lr_with_workers=False, sparse_as_dense=False,
                 reader_workers=cfg.training.reader_workers, torch_threads=cfg.training.torch_threads,
+                unknown_labels=unknown_labels(window.ds, train, val if name != RETRIEVAL_TWIN else None),
             )
             result = train_worker(plan)
         twins[name] = Artifact(

@@ -9,6 +9,8 @@ the same buckets.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from dataclasses import dataclass
 from typing import Literal
 
@@ -100,6 +102,14 @@ USER_ITEM_DENSE: tuple[str, ...] = (
 
 LABELS: tuple[str, ...] = ("click", "purchase") + tuple(f"repurchase_{n}d" for n in REPURCHASE_HORIZONS_DAYS)
 MISSING_LABEL = -1  # what the data loader turns a null label into; losses mask it out
+
+
+def unobserved_labels(day: dt.date, as_of: dt.date) -> tuple[str, ...]:
+    """The labels of a training_examples row of ``day`` that a model trained for ds ``as_of`` must
+    not learn: ``repurchase_<N>d`` looks at [day, day + N), which reaches ``as_of`` or later when
+    day + N > as_of. On a backfill the features job saw the whole log and filled them; in the
+    daily chain they are still null at that point. Either way training treats them as unknown."""
+    return tuple(f"repurchase_{n}d" for n in REPURCHASE_HORIZONS_DAYS if day + dt.timedelta(days=n) > as_of)
 
 
 def model_fields() -> tuple[Field, ...]:

@@ -34,9 +34,9 @@ from mtl import registry
 from mtl.cli import job_parser, run_job
 from mtl.config import Config, parse_typed
 from mtl.data.loader import ExampleBatches
-from mtl.data.snapshot import snapshot_files
+from mtl.data.snapshot import Snapshot, snapshot_files
 from mtl.errors import InputError, JobError
-from mtl.features.schema import model_fields
+from mtl.features.schema import model_fields, unobserved_labels
 from mtl.models.config import ModelConfig, load_model_config
 from mtl.models.losses import MultiTaskLoss
 from mtl.models.model import build_model
@@ -74,6 +74,19 @@ class TrainPlan:
     sparse_as_dense: bool
     reader_workers: int
     torch_threads: Optional[int]
+    # file -> labels read as unknown there: outcomes not observable as of ds (see unknown_labels)
+    unknown_labels: dict[str, list[str]] = field(default_factory=dict)
+
+
+def unknown_labels(ds: dt.date, *snapshots: Optional[Snapshot]) -> dict[str, list[str]]:
+    """The labels a model trained for ``ds`` must not learn, per file of the snapshots read: the
+    repurchase outcomes whose windows reach ds (mtl.features.schema.unobserved_labels)."""
+    return {
+        f: list(labels)
+        for snapshot in snapshots if snapshot is not None
+        for f, day in snapshot.file_days.items()
+        if (labels := unobserved_labels(day, ds))
+    }
 
 
 @dataclass
@@ -164,6 +177,7 @@ def plan_training(spark, cfg: Config, ds: dt.date, mode: str) -> TrainPlan:
         sparse_as_dense=cfg.training.sparse_as_dense,
         reader_workers=cfg.training.reader_workers,
         torch_threads=cfg.training.torch_threads,
+        unknown_labels=unknown_labels(ds, train, val),
     )
 
 
@@ -231,9 +245,10 @@ def train_worker(plan: TrainPlan) -> WorkerResult:
     steps = max(1, math.ceil(plan.train_rows / (world.size * batch_size)))
     shard = dict(shard=world.rank, num_shards=world.size) if world.distributed else {}
     train = ExampleBatches(plan.train_files, batch_size, seed=model_cfg.trainer.seed,
-                           workers_count=plan.reader_workers, **shard)
+                           workers_count=plan.reader_workers, unknown_labels=plan.unknown_labels, **shard)
     # Every rank validates on the whole validation day, so early-stopping decisions agree.
-    val = ExampleBatches(plan.val_files, batch_size, shuffle=False) if plan.val_files else None
+    val = (ExampleBatches(plan.val_files, batch_size, shuffle=False, unknown_labels=plan.unknown_labels)
+           if plan.val_files else None)
     recorder = _Recorder()
     Path(plan.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     checkpoint = Path(plan.checkpoint_dir) / CHECKPOINT_NAME
@@ -308,6 +323,8 @@ def register(cfg: Config, plan: TrainPlan, chief: WorkerResult) -> tuple[str, st
         "val_ds": plan.val_day, "tables_read": {TRAINING_EXAMPLES.name: plan.table_version},
         "train_rows": plan.train_rows, "workers": chief.size, "warm_start_version": plan.warm_start_version,
         "git_commit": git_commit(), "metrics": chief.final_metrics, "fit": chief.fit,
+        # Labels whose outcome windows reach ds were read as unknown (evaluation relies on it).
+        "unobserved_labels_masked": True,
     }
     folder = Path(tempfile.mkdtemp(prefix="mtl-artifact-"))
     save_model(folder, model, model_cfg, plan.feature_stats, metadata)
