@@ -27,7 +27,7 @@ from mtl.errors import InputError
 from mtl.models.config import ModelConfig, TaskConfig, check_model_config
 from mtl.registry import Artifact
 from mtl.tables import TRAINING_EXAMPLES
-from mtl.train.job import TrainPlan, train_worker
+from mtl.train.job import TrainPlan, train_worker, unknown_labels
 
 log = logging.getLogger(__name__)
 

@@ -154,6 +154,12 @@ def plan_training(spark, cfg: Config, ds: dt.date, mode: str) -> TrainPlan:
     val = snapshot_files(spark, path, val_day, val_day, version=train.version) if val_day else None
     if feature_stats is None:
         feature_stats = read_feature_stats(spark, cfg, last)
+    hidden = unknown_labels(ds, train, val)
+    for task in model_cfg.tasks:
+        if task.weight > 0 and all(task.label in hidden.get(f, ()) for f in train.files):
+            log.warning("%s: no day of %s..%s has its outcome observed as of %s, so the task learns nothing "
+                        "this run (a longer training.window_days reaches days whose windows have closed)",
+                        task.label, first, last, ds)
     model_dict = dataclasses.asdict(model_cfg)
     key = hashlib.sha256(
         json.dumps([ds.isoformat(), mode, train.version, model_dict, warm_version], sort_keys=True, default=str).encode()
@@ -177,7 +183,7 @@ def plan_training(spark, cfg: Config, ds: dt.date, mode: str) -> TrainPlan:
         sparse_as_dense=cfg.training.sparse_as_dense,
         reader_workers=cfg.training.reader_workers,
         torch_threads=cfg.training.torch_threads,
-        unknown_labels=unknown_labels(ds, train, val),
+        unknown_labels=hidden,
     )
 
 
