@@ -161,9 +161,11 @@ def plan_training(spark, cfg: Config, ds: dt.date, mode: str) -> TrainPlan:
                         "this run (a longer training.window_days reaches days whose windows have closed)",
                         task.label, first, last, ds)
     model_dict = dataclasses.asdict(model_cfg)
-    key = hashlib.sha256(
-        json.dumps([ds.isoformat(), mode, train.version, model_dict, warm_version], sort_keys=True, default=str).encode()
-    ).hexdigest()[:16]
+    # A checkpoint is reused by any run with the same inputs (resume); anything that changes what
+    # is learned, such as the labels read as unknown, must change the key.
+    key = hashlib.sha256(json.dumps(
+        [ds.isoformat(), mode, train.version, model_dict, warm_version, hidden], sort_keys=True, default=str
+    ).encode()).hexdigest()[:16]
     checkpoint_dir = f"{warehouse_root(cfg.storage)}/{cfg.training.checkpoint_dir}/train-{ds}-{mode}-{key}"
     return TrainPlan(
         ds=ds.isoformat(),
