@@ -10,7 +10,6 @@ the same buckets.
 from __future__ import annotations
 
 import datetime as dt
-
 from dataclasses import dataclass
 from typing import Literal
 
