@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 import torch
 
 from mtl import registry
+from mtl.data.snapshot import snapshot_files
 from mtl.errors import InputError
 from mtl.runs import RunRecorder  # noqa: F401  (pipeline_runs rows are checked through helpers)
-from mtl.train.artifacts import load_model
-from mtl.data.snapshot import snapshot_files
 from mtl.tables import TRAINING_EXAMPLES
+from mtl.train.artifacts import load_model
 from mtl.train.job import plan_training, run_train, unknown_labels
 from tests.generated import START, build_world, world_config
 from tests.helpers import runs
@@ -36,6 +37,7 @@ def test_full_training_registers_a_version_and_learns(spark, world):
     artifact = registry.load_version(world, version=result.model_version)
     assert artifact.metadata["tables_read"]["training_examples"] == result.table_version
     assert artifact.metadata["unobserved_labels_masked"] is True
+    assert not Path(plan_training(spark, world, D, "full").checkpoint_dir).exists()  # removed once registered
     model = load_model(artifact)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     record = runs(spark, world).where("job = 'train'").orderBy("started_at").collect()[-1]

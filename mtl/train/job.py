@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -370,6 +371,9 @@ def run_train(spark, cfg: Config, ds: dt.date, mode: str = "full") -> TrainResul
 def _finish(cfg: Config, plan: TrainPlan, results: list[WorkerResult], run) -> TrainResult:
     chief = check_workers(results)
     version, run_id, folder = register(cfg, plan, chief)
+    # The checkpoints exist to resume a killed run; once the version is registered they are
+    # only disk (and a --retrain of the same inputs must train, not replay the finished run).
+    shutil.rmtree(plan.checkpoint_dir, ignore_errors=True)
     run.model_version = version
     run.details.update(mode=plan.mode, train_days=plan.train_days, val_day=plan.val_day, workers=chief.size,
                        mlflow_run_id=run_id, metrics=chief.final_metrics, resumed=chief.fit["resumed"])
