@@ -18,6 +18,7 @@ from mtl import metrics as M
 from mtl.config import Config
 from mtl.errors import InputError
 from mtl.features.assemble import model_inputs
+from mtl.features.job import date_range
 from mtl.features.schema import LABELS, unobserved_labels
 from mtl.tables import (
     ITEM_FEATURES,
@@ -106,9 +107,8 @@ def training_window(spark: SparkSession, cfg: Config, ds_from: dt.date, ds_to: d
     rows = reader.load(TRAINING_EXAMPLES.path(cfg.storage)).where(F.col("ds").between(F.lit(ds_from), F.lit(ds_to)))
     if as_of is None:
         return rows
-    days = [ds_from + dt.timedelta(days=k) for k in range((ds_to - ds_from).days + 1)]
     for label in LABELS:
-        hidden = [day for day in days if label in unobserved_labels(day, as_of)]
+        hidden = [day for day in date_range(ds_from, ds_to) if label in unobserved_labels(day, as_of)]
         if hidden:
             rows = rows.withColumn(label, F.when(F.col("ds").isin(hidden), F.lit(None)).otherwise(F.col(label)))
     return rows
