@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mtl.score import topm_kernel
 from mtl.score.candidates import blocked_top_m, retrieval_flops
 
 
@@ -61,3 +62,22 @@ def test_flops_and_bad_arguments():
         blocked_top_m(_vectors(2, 4, 0), _vectors(10, 4, 1), 0, 4)
     scores, rows = blocked_top_m(torch.empty(0, 4), _vectors(10, 4, 1), 3, 4)
     assert scores.shape == rows.shape == (0, 3)
+
+
+def test_a_catalogue_in_rising_order_fills_the_buffer_again_and_again():
+    # Each item beats every earlier one: every item above the sampled guess is a hit when it
+    # arrives (about four times m of them), so each user's buffer of 2m slots fills and is cut
+    # back to its best m more than once.
+    users = torch.tensor([[1.0, 0.0], [0.5, 0.0]])
+    items = torch.stack([torch.linspace(-1.0, 1.0, 3000), torch.zeros(3000)], dim=1)
+    scores, rows = blocked_top_m(users, items, 40, 128)
+    for user in range(2):
+        assert sorted(rows[user].tolist()) == list(range(2960, 3000))
+    _assert_exact(users, items, 40, 128)
+
+
+def test_kth_best_is_the_kth_largest_of_each_row():
+    scores = _vectors(50, 300, 6).numpy()
+    for k in (1, 7, 300):
+        expected = torch.topk(torch.from_numpy(scores), k, dim=1).values[:, -1].numpy()
+        assert (topm_kernel.kth_best(scores, k) == expected).all()

@@ -1,34 +1,37 @@
 """Exact top-M retrieval by inner product over the whole catalogue, one block of items at a time.
 
 Memory is bounded by the block, not the catalogue: a batch of B users holds one [B, block] score
-tile, its running [B, M] best and the hits waiting to be merged, whatever the number of items.
+tile and a buffer of 2M (score, item) slots per user, whatever the number of items.
 
 Keeping the best M with a ``topk`` per tile would cost about ten times the matmul that made the
-tile. Instead the scan keeps only the scores at or above a per-user threshold (the hits):
+tile. Instead the scan keeps only the scores at or above a per-user threshold (the hits), in
+``mtl.score.topm_kernel``, compiled:
 
 - The first threshold is a guess from a strided sample of the catalogue: a high order statistic
   of the sample, placed so that each user should have a few times M items above it.
-- While scanning, each merge of the hits into the running best raises a user's threshold to
-  their M-th best so far.
+- While scanning, each time a user's buffer fills it is cut back to the best M, and the user's
+  threshold rises to their M-th best so far.
 - A user who ends with fewer than M hits (the guess was too high: an unlucky sample) is scanned
-  again without a guess: the first block's scores all count as hits and the first merge sets
-  the threshold. The result is exact either way.
+  again without a guess: every score counts until the buffer first fills. The result is exact
+  either way.
 
-Hits are found with a maximum per chunk of CHUNK scores (one cheap read of the tile); only the
-chunks whose maximum reaches the threshold are looked into.
+The matmul of each tile is torch's (BLAS); the tile is at most ``TILE_USERS`` users high so that
+the kernel reads it back from the core's cache rather than from memory.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
-# Scores per chunk whose maximum is compared with the threshold first.
-CHUNK = 16
-# Above this share of chunks holding a hit, the whole tile is compared instead.
-DENSE_HITS = 0.1
+from mtl.score import topm_kernel
+
+# Users per matmul tile: 128 users x 4,096 items is 2 MB, one core's L2 cache here.
+TILE_USERS = 128
 # Standard deviations of margin in the sampled guess: a user falls back to a second scan with
 # probability about 1e-4.
 GUESS_MARGIN = 4.0
@@ -54,105 +57,60 @@ def blocked_top_m(user_vecs: Tensor, item_vecs: Tensor, m: int, block_size: int)
     if n_items <= block_size:
         return torch.topk(user_vecs @ item_vecs.T, m, dim=1, sorted=False)
 
-    best, best_idx = _scan(user_vecs, item_vecs, m, block_size, _guess(user_vecs, item_vecs, m, block_size))
-    short = torch.nonzero(torch.isneginf(best).any(dim=1)).flatten()
-    if short.numel():
-        no_floor = user_vecs.new_full((short.numel(), 1), float("-inf"))
-        best[short], best_idx[short] = _scan(user_vecs[short], item_vecs, m, block_size, no_floor)
-    return best, best_idx
+    user_vecs, item_vecs = user_vecs.to(torch.float32).contiguous(), item_vecs.to(torch.float32)
+    # One score tile for the whole call: a fresh [users, block] tensor per step would be paged in
+    # anew each time, which costs more than the matmul that fills it.
+    tile = torch.empty(min(users, TILE_USERS) * block_size)
+    floor = _guess(user_vecs, item_vecs, m, block_size, tile)
+    best, best_idx = _scan(user_vecs, item_vecs, m, block_size, floor, tile)
+    short = np.flatnonzero(np.isneginf(best).any(axis=1))
+    if short.size:
+        no_floor = np.full(short.size, -np.inf, dtype=np.float32)
+        best[short], best_idx[short] = _scan(user_vecs[short], item_vecs, m, block_size, no_floor, tile)
+    return torch.from_numpy(best), torch.from_numpy(best_idx)
 
 
-def _guess(user_vecs: Tensor, item_vecs: Tensor, m: int, sample_size: int) -> Tensor:
-    """[B, 1]: a score each user should have somewhat more than m items at or above.
+def _tiles(user_vecs: Tensor, items: Tensor, tile: Tensor) -> Iterator[tuple[int, np.ndarray]]:
+    """(first user row, scores [rows, len(items)]) for at most TILE_USERS users at a time, each
+    written into ``tile`` (a contiguous view, also for a ragged last block of items)."""
+    users, width = user_vecs.shape[0], items.shape[0]
+    for lo in range(0, users, TILE_USERS):
+        hi = min(users, lo + TILE_USERS)
+        scores = tile[: (hi - lo) * width].view(hi - lo, width)
+        torch.matmul(user_vecs[lo:hi], items.T, out=scores)
+        yield lo, scores.numpy()
 
-    Of a strided sample of s items, the number among a user's true top m is about Poisson with
-    mean lam = m * s / N; the guess is the sample's k-th best with k = lam + GUESS_MARGIN * sqrt(lam) + 1,
-    which leaves about k * N / s hits per user to merge."""
-    n_items = item_vecs.shape[0]
-    sample = item_vecs[:: max(1, n_items // sample_size)]
+
+def _guess(user_vecs: Tensor, item_vecs: Tensor, m: int, sample_size: int, tile: Tensor) -> np.ndarray:
+    """float32 [B]: a score each user should have somewhat more than m items at or above.
+
+    Of a strided sample of s items, the number among a user's true top
+    m is about Poisson with mean lam = m * s / N; the guess is the sample's k-th best with
+    k = lam + GUESS_MARGIN * sqrt(lam) + 1, which leaves about k * N / s hits per user."""
+    users, n_items = user_vecs.shape[0], item_vecs.shape[0]
+    sample = item_vecs[:: -(-n_items // sample_size)].contiguous()  # at most sample_size items: one tile
     lam = m * sample.shape[0] / n_items
     k = min(sample.shape[0], math.ceil(lam + GUESS_MARGIN * math.sqrt(lam) + 1))
-    return torch.topk(user_vecs @ sample.T, k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
+    floor = np.empty(users, dtype=np.float32)
+    for lo, scores in _tiles(user_vecs, sample, tile):
+        floor[lo:lo + scores.shape[0]] = topm_kernel.kth_best(scores, k)
+    return floor
 
 
-def _scan(user_vecs: Tensor, item_vecs: Tensor, m: int, block_size: int, floor: Tensor) -> tuple[Tensor, Tensor]:
-    """The best m items at or above ``floor`` [B, 1] per user, -inf (item row 0) where there are
+def _scan(
+    user_vecs: Tensor, item_vecs: Tensor, m: int, block_size: int, floor: np.ndarray, tile: Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best m items at or above ``floor`` [B] per user, -inf (item row 0) where there are
     fewer than m."""
     users, n_items = user_vecs.shape[0], item_vecs.shape[0]
-    best = user_vecs.new_full((users, m), float("-inf"))
-    best_idx = torch.zeros((users, m), dtype=torch.long)
-    threshold = floor
-    pending = _Hits()
-    tile = user_vecs.new_empty((users, block_size))
+    threshold = floor.copy()
+    capacity = 2 * m
+    kept_scores = np.full((users, capacity), -np.inf, dtype=np.float32)
+    kept_items = np.zeros((users, capacity), dtype=np.int64)
+    kept = np.zeros(users, dtype=np.int64)
     for start in range(0, n_items, block_size):
-        block = item_vecs[start:start + block_size]
-        scores = torch.matmul(user_vecs, block.T, out=tile[:, : block.shape[0]])
-        pending.add(*_hits(scores, threshold), start)
-        # A merge costs a topk over the users hit: wait until the hits could fill the running
-        # best once. Meanwhile the threshold is stale (too low), which lets a few more through.
-        if pending.count >= users * m:
-            threshold = torch.maximum(floor, _merge(best, best_idx, pending.take()))
-    if pending.count:
-        _merge(best, best_idx, pending.take())
-    return best, best_idx
-
-
-def _hits(scores: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(user rows, columns, scores) of the scores at or above their user's threshold, by user row.
-
-    A chunk is every (width / CHUNK)-th column: its maximum is an elementwise max of CHUNK
-    contiguous slices, which vectorises (a max over 16 adjacent scores does not). When most
-    chunks hold a hit, one comparison of the whole tile is cheaper than looking into them."""
-    users, width = scores.shape
-    stride = width // CHUNK
-    if stride and width % CHUNK == 0:
-        chunks = scores.view(users, CHUNK, stride)
-        hit_chunks = chunks.amax(dim=1) >= threshold
-        rows, chunk = torch.nonzero(hit_chunks, as_tuple=True)
-        if rows.numel() <= DENSE_HITS * hit_chunks.numel():
-            values = chunks[rows, :, chunk]  # [chunks hit, CHUNK]
-            hit, offset = torch.nonzero(values >= threshold[rows], as_tuple=True)
-            return rows[hit], offset * stride + chunk[hit], values[hit, offset]
-    rows, cols = torch.nonzero(scores >= threshold, as_tuple=True)
-    return rows, cols, scores[rows, cols]
-
-
-class _Hits:
-    """Hits of several tiles waiting to be merged."""
-
-    def __init__(self) -> None:
-        self.parts: list[tuple[Tensor, Tensor, Tensor]] = []
-        self.count = 0
-
-    def add(self, rows: Tensor, cols: Tensor, values: Tensor, start: int) -> None:
-        if rows.numel():
-            self.parts.append((rows, values, cols + start))
-            self.count += rows.numel()
-
-    def take(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(rows, values, item rows), sorted by row."""
-        rows, values, items = (torch.cat(p) for p in zip(*self.parts))
-        self.parts, self.count = [], 0
-        order = torch.argsort(rows, stable=True)
-        return rows[order], values[order], items[order]
-
-
-def _merge(best: Tensor, best_idx: Tensor, hits: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-    """Fold hits (sorted by user row) into ``best`` / ``best_idx`` in place; returns each user's
-    m-th best [B, 1]. The hits of each user are laid out in a padded [users hit, most hits] tile
-    and merged with those users' running best by one topk."""
-    rows, values, items = hits
-    users, which, per_user = torch.unique_consecutive(rows, return_inverse=True, return_counts=True)
-    slot = torch.arange(rows.numel()) - torch.searchsorted(rows, rows)  # position among the user's hits
-    width = int(per_user.max())
-    new_values = values.new_full((users.numel(), width), float("-inf"))
-    new_items = items.new_zeros((users.numel(), width))
-    new_values[which, slot] = values
-    new_items[which, slot] = items
-    pool = torch.cat([best[users], new_values], dim=1)
-    pool_items = torch.cat([best_idx[users], new_items], dim=1)
-    kept, at = torch.topk(pool, best.shape[1], dim=1, sorted=False)
-    best[users] = kept
-    best_idx[users] = pool_items.gather(1, at)
-    return best.min(dim=1, keepdim=True).values
-
+        for lo, scores in _tiles(user_vecs, item_vecs[start:start + block_size], tile):
+            hi = lo + scores.shape[0]
+            topm_kernel.collect_hits(scores, start, threshold[lo:hi], kept_scores[lo:hi], kept_items[lo:hi], kept[lo:hi], m)
+    topm_kernel.finish(kept_scores, kept_items, kept, m)
+    return kept_scores[:, :m].copy(), kept_items[:, :m].copy()
