@@ -157,3 +157,38 @@ def test_cli_help_and_missing_events(make_config, capsys):
     cfg = make_config()
     code = main(["--ds", "2024-03-10", "--set", f"storage.warehouse={cfg.storage.warehouse}"])
     assert code == 1
+
+
+def test_user_category_click_through_rate_is_smoothed_over_the_rate_window(spark):
+    from mtl.config import FeaturesConfig
+    from mtl.features import transforms as tf
+
+    def event(user, item, cat, kind, day: dt.date):
+        return (user, item, cat, kind, dt.datetime.combine(day, dt.time(12)), day, 1.0, None)
+
+    march = [dt.date(2024, 3, d) for d in (5, 6, 7, 8, 9)]
+    log = (
+        [event("u1", "i1", "c1", "impression", d) for d in march[:4]]
+        + [event("u1", "i1", "c1", "click", march[3])]
+        + [event("u1", "i2", "c2", "impression", march[4]), event("u2", "i2", "c2", "impression", march[4])]
+        + [event("u2", "i2", "c2", "click", march[4]), event("u2", "i3", "c3", "view", march[4])]
+        + [event("u1", "i3", "c3", "impression", D - dt.timedelta(days=31)) for _ in range(2)]  # before the 30 days
+    )
+    events = spark.createDataFrame(
+        log,
+        "user_id string, item_id string, category_id string, event_type string, event_ts timestamp, event_date date, "
+        "price double, quantity int",
+    )
+    cfg = FeaturesConfig()
+    grain = tf.daily_grain(tf.history(events, D, cfg.history_days))
+    priors = tf.priors(grain, tf.user_item_pairs(grain, cfg.history_days))
+    assert priors.ctr == pytest.approx(2 / 6)  # the two older impressions do not count
+    k, p = cfg.smoothing_strength, 2 / 6
+    got = {(r.user_id, r.category_id): r.uc_ctr_30d for r in tf.user_category_features(grain, priors, cfg).collect()}
+    assert got == pytest.approx({
+        ("u1", "c1"): (1 + k * p) / (4 + k),
+        ("u1", "c2"): (0 + k * p) / (1 + k),
+        ("u2", "c2"): (1 + k * p) / (1 + k),
+        ("u2", "c3"): p,  # a view without impressions: nothing to go on but the prior
+        ("u1", "c3"): p,  # only impressions older than the rate window
+    })

@@ -37,7 +37,7 @@ def feature_defaults(p: Priors, cap: int) -> dict[str, float]:
     defaults = {c: 0.0 for c in dense_columns()}
     for col in DEFAULT_AT_CAP:
         defaults[col] = float(cap)
-    defaults["u_ctr_30d"] = defaults["i_ctr_30d"] = p.ctr if p.has_impressions else 0.0
+    defaults["u_ctr_30d"] = defaults["i_ctr_30d"] = defaults["uc_ctr_30d"] = p.ctr if p.has_impressions else 0.0
     defaults["u_cvr_30d"] = defaults["i_cvr_30d"] = p.cvr
     defaults["i_repurchase_rate"] = p.repurchase_rate
     return defaults

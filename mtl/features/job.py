@@ -70,7 +70,7 @@ def compute(events: DataFrame, ds: dt.date, observed_until: Optional[dt.date], c
     pairs = tf.user_item_pairs(grain, fc.history_days).persist(keep)
     priors = tf.priors(grain, pairs)
     log.info("ds %s: priors %s", ds, priors)
-    user_cats = tf.user_category_features(grain, fc.history_days).persist(keep)
+    user_cats = tf.user_category_features(grain, priors, fc).persist(keep)
     items = tf.item_features(pairs, ds, priors, fc).persist(keep)
     users = tf.user_features(grain, pairs, user_cats, priors, fc).persist(keep)
 

@@ -89,6 +89,7 @@ USER_CATEGORY_DENSE: tuple[str, ...] = tuple(
         "uc_purchase_days",
         "uc_mean_purchase_interval_days",
         "uc_purchase_cycle_ratio",  # days since last purchase / mean interval: ~1 means "due"
+        "uc_ctr_30d",  # smoothed clicks / impressions in the category: taste, apart from exposure
     ]
 )
 

@@ -262,12 +262,16 @@ def top_categories(cats: DataFrame) -> DataFrame:
     )
 
 
-def user_category_features(grain: DataFrame, cap: int) -> DataFrame:
-    """(user, category) interactions and purchases per window, and the purchase cycle."""
+def user_category_features(grain: DataFrame, p: Priors, cfg: FeaturesConfig) -> DataFrame:
+    """(user, category) interactions and purchases per window, the click-through rate (the
+    user's taste for the category, apart from how often it was shown) and the purchase cycle."""
+    cap = cfg.history_days
     with_cat = grain.where(F.col("category_id").isNotNull())
     per_day = with_cat.groupBy("user_id", "category_id", "event_date", AGE).agg(
         F.sum(_interactions()).alias("interactions"),
         F.sum("n_purchase").alias("purchases"),
+        F.sum("n_click").alias("clicks"),
+        F.sum("n_impression").alias("impressions"),
         F.max("last_purchase_ts").alias("last_purchase_ts"),
     )
     bought = F.col("purchases") > 0
@@ -278,6 +282,8 @@ def user_category_features(grain: DataFrame, cap: int) -> DataFrame:
         F.sum(bought.cast("int")).alias("purchase_days"),
         F.max(F.when(bought, F.col(AGE))).alias("first_purchase_age"),
         F.max("last_purchase_ts").alias("uc_last_purchase_ts"),
+        _sum_if(_in_window(RATE_WINDOW_DAYS), F.col("clicks")).alias("clicks"),
+        _sum_if(_in_window(RATE_WINDOW_DAYS), F.col("impressions")).alias("impressions"),
     )
     interval = _purchase_interval(
         F.col("purchase_days"), F.col("first_purchase_age"), F.col("uc_days_since_last_purchase"), cap
@@ -293,6 +299,7 @@ def user_category_features(grain: DataFrame, cap: int) -> DataFrame:
         F.when(F.col("purchase_days") >= 2, F.col("uc_days_since_last_purchase") / interval)
         .otherwise(F.lit(0.0))
         .alias("uc_purchase_cycle_ratio"),
+        _ctr(F.col("clicks"), F.col("impressions"), p, cfg.smoothing_strength).alias("uc_ctr_30d"),
         "uc_last_purchase_ts",
     )
 

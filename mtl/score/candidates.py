@@ -15,8 +15,8 @@ tile. Instead the scan keeps only the scores at or above a per-user threshold (t
   again without a guess: every score counts until the buffer first fills. The result is exact
   either way.
 
-The matmul of each tile is torch's (BLAS); the tile is at most ``TILE_USERS`` users high so that
-the kernel reads it back from the core's cache rather than from memory.
+The matmul of each tile is torch's (BLAS); the tile is at most ``TILE_USERS`` users high, so the
+kernel reads it back from cache soon after the matmul wrote it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from torch import Tensor
 
 from mtl.score import topm_kernel
 
-# Users per matmul tile: 128 users x 4,096 items is 2 MB, one core's L2 cache here.
+# Users per matmul tile (with the default 4,096-item blocks, a 2 MB tile): the best of the
+# shapes measured in BENCHMARKS.md; lower tiles lose more in the matmul than they gain in cache.
 TILE_USERS = 128
 # Standard deviations of margin in the sampled guess: a user falls back to a second scan with
 # probability about 1e-4.
