@@ -1,7 +1,8 @@
 """Exact top-M retrieval by inner product over the whole catalogue, one block of items at a time.
 
-Memory is bounded by the block, not the catalogue: a batch of B users holds one [B, block] score
-tile and a buffer of 2M (score, item) slots per user, whatever the number of items.
+Memory is bounded by the block, not the catalogue: a batch of B users holds one
+[min(B, TILE_USERS), block] score tile and a buffer of 2M (score, item) slots per user, whatever
+the number of items.
 
 Keeping the best M with a ``topk`` per tile would cost about ten times the matmul that made the
 tile. Instead the scan keeps only the scores at or above a per-user threshold (the hits), in
@@ -85,9 +86,9 @@ def _tiles(user_vecs: Tensor, items: Tensor, tile: Tensor) -> Iterator[tuple[int
 def _guess(user_vecs: Tensor, item_vecs: Tensor, m: int, sample_size: int, tile: Tensor) -> np.ndarray:
     """float32 [B]: a score each user should have somewhat more than m items at or above.
 
-    Of a strided sample of s items, the number among a user's true top
-    m is about Poisson with mean lam = m * s / N; the guess is the sample's k-th best with
-    k = lam + GUESS_MARGIN * sqrt(lam) + 1, which leaves about k * N / s hits per user."""
+    Of a strided sample of s items, the number among a user's true top m is about Poisson with
+    mean lam = m * s / N; the guess is the sample's k-th best with k = lam + GUESS_MARGIN * sqrt(lam) + 1,
+    which leaves about k * N / s hits per user."""
     users, n_items = user_vecs.shape[0], item_vecs.shape[0]
     sample = item_vecs[:: -(-n_items // sample_size)].contiguous()  # at most sample_size items: one tile
     lam = m * sample.shape[0] / n_items
