@@ -8,6 +8,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from tests.helpers import read_table, runs, write_events
+from mtl.config import FeaturesConfig
+from mtl.features import transforms as tf
 from mtl.features.job import build_features, main
 from mtl.features.schema import HISTORY_LENGTH, dense_columns
 from mtl.features.transforms import id_hash
@@ -160,9 +162,6 @@ def test_cli_help_and_missing_events(make_config, capsys):
 
 
 def test_user_category_click_through_rate_is_smoothed_over_the_rate_window(spark):
-    from mtl.config import FeaturesConfig
-    from mtl.features import transforms as tf
-
     def event(user, item, cat, kind, day: dt.date):
         return (user, item, cat, kind, dt.datetime.combine(day, dt.time(12)), day, 1.0, None)
 
