@@ -169,7 +169,12 @@ def embed_catalogue(ctx: ScoringContext) -> Catalogue:
         F.lit(None).cast("string").alias("user_id"), "item_id",
         F.col("category_id").alias("day_category_id"), F.lit("exposure").alias("row_kind"),
     )
-    inputs = model_inputs(rows, f.users.limit(0), f.items, *f.no_pairs, ctx.defaults)
+    inputs = model_inputs(rows, f.users.limit(0), f.items, *f.no_pairs, ctx.defaults,
+                          passthrough=("item_category_id", "day_category_id"))
+    # What ranking needs back besides the item id: it joins item_features again and falls back to
+    # the candidate's day_category_id only where they have no category (new items).
+    fallback = F.when(F.col("item_category_id").isNull(), F.col("day_category_id"))
+    inputs = inputs.withColumn("fallback_category_id", fallback)
     table = inputs.mapInPandas(item_vectors_stage(ctx.shipment), ITEM_VECTORS_SCHEMA).toArrow()
     if table.num_rows == 0:
         raise InputError(f"the catalogue for ds {ctx.ds} is empty (no available items)")
@@ -178,7 +183,7 @@ def embed_catalogue(ctx: ScoringContext) -> Catalogue:
     order = np.argsort(ids, kind="stable")
     return Catalogue(
         item_ids=ids[order],
-        category_ids=table.column("category_id").to_numpy()[order],
+        fallback_category_ids=table.column("fallback_category_id").to_numpy()[order],
         vectors=np.ascontiguousarray(flat.reshape(table.num_rows, -1)[order], dtype=np.float32),
     )
 
@@ -198,11 +203,16 @@ def user_inputs(ctx: ScoringContext, users: DataFrame) -> DataFrame:
 
 
 def candidates(ctx: ScoringContext, catalogue: Broadcast, users: DataFrame, scan_seconds: Accumulator) -> DataFrame:
-    """(user_id, item_id, day_category_id, retrieval_score): each user's exact top-M items.
+    """(user_id, item_id, day_category_id, retrieval_score): each user's exact top-M items;
+    day_category_id only for items without a category in item_features (model_inputs' fallback).
     ``scan_seconds`` collects the task seconds spent in the scan."""
     sc = ctx.cfg.scoring
-    # Spread the users over every core: the scan is the heavy part and each row is one user.
-    inputs = user_inputs(ctx, users).repartition(ctx.spark.sparkContext.defaultParallelism)
+    inputs = user_inputs(ctx, users)
+    cores = ctx.spark.sparkContext.defaultParallelism
+    if inputs.rdd.getNumPartitions() < cores:
+        # Spread the users over every core: the scan is the heavy part and each row is one user.
+        # Never otherwise: the shuffle costs more than the imbalance it would even out.
+        inputs = inputs.repartition(cores)
     stage = retrieval_stage(
         ctx.shipment, catalogue, sc.candidates, sc.item_block_size, sc.users_per_batch, scan_seconds
     )

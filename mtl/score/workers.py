@@ -46,7 +46,7 @@ CANDIDATES_ARROW_SCHEMA = pa.schema([
 ])
 ITEM_VECTORS_SCHEMA = T.StructType([
     T.StructField("item_id", T.StringType(), False),
-    T.StructField("category_id", T.StringType(), True),
+    T.StructField("fallback_category_id", T.StringType(), True),
     T.StructField("vector", T.ArrayType(T.FloatType(), False), False),
 ])
 
@@ -65,7 +65,10 @@ class Catalogue:
     """Every item that may be recommended, with its two-tower vector (row i of ``vectors``)."""
 
     item_ids: np.ndarray  # object [N]
-    category_ids: np.ndarray  # object [N], None where unknown
+    # object [N]: the catalogue's category of an item that has none in item_features (a new
+    # item), None for the others: ranking reads their category from item_features, so 20M
+    # candidate rows need not carry it.
+    fallback_category_ids: np.ndarray
     vectors: np.ndarray  # float32 [N, d]
 
 
@@ -102,16 +105,18 @@ def _finite(vectors: torch.Tensor, what: str) -> torch.Tensor:
 
 
 def item_vectors_stage(shipment: Broadcast) -> PandasStage:
-    """Rows of model_inputs for catalogue items -> (item_id, category_id, two-tower vector)."""
+    """Rows of model_inputs for catalogue items (with ``fallback_category_id``) -> (item_id,
+    fallback_category_id, two-tower vector)."""
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model = worker_model(shipment)
         for frame in frames:
             with torch.inference_mode():
                 vectors = _finite(model.item_vectors(model_batch(frame)), "item").numpy()
-            yield pd.DataFrame(
-                {"item_id": frame["item_id"], "category_id": frame["category_id"], "vector": list(vectors)}
-            )
+            yield pd.DataFrame({
+                "item_id": frame["item_id"], "fallback_category_id": frame["fallback_category_id"],
+                "vector": list(vectors),
+            })
 
     return run
 
@@ -127,7 +132,8 @@ def retrieval_stage(
         model = worker_model(shipment)
         items: Catalogue = catalogue.value
         item_vecs = torch.from_numpy(items.vectors)
-        item_ids, category_ids = pa.array(items.item_ids, pa.string()), pa.array(items.category_ids, pa.string())
+        item_ids = pa.array(items.item_ids, pa.string())
+        category_ids = pa.array(items.fallback_category_ids, pa.string())
         for batch in batches:
             user_ids = batch.column("user_id")
             for start in range(0, batch.num_rows, users_per_batch):
