@@ -195,6 +195,7 @@ def main() -> int:
         return 0
 
     from mtl.config import load_config
+    from mtl.features.assemble import user_inputs
     from mtl.score import job
     from mtl.spark import build_spark
 
@@ -227,7 +228,7 @@ def main() -> int:
 
     # The kernel alone, one thread, real vectors.
     users = job.active_users(ctx)
-    sample = job.user_inputs(ctx, users.limit(args.kernel_users)).toPandas()
+    sample = user_inputs(users.limit(args.kernel_users), ctx.defaults).toPandas()
     from mtl.score.workers import model_batch
     from mtl.train.artifacts import load_model
 

@@ -20,7 +20,7 @@ from mtl import registry
 from mtl.config import ConfigError, ScoringFiltersConfig, load_config
 from mtl.data.loader import in_memory_batches
 from mtl.errors import JobError
-from mtl.features.assemble import model_inputs
+from mtl.features.assemble import model_inputs, user_inputs
 from mtl.features.job import build_features
 from mtl.features.schema import model_fields
 from mtl.models.config import load_model_config
@@ -213,6 +213,21 @@ def test_recommendations_and_repurchase_equal_plain_pytorch(spark, world):
         assert spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first().description == spec.comment
         schema = spark.read.format("delta").load(path).schema
         assert {f.name: f.metadata.get("comment") for f in schema} == {c.name: c.comment for c in spec.columns}
+
+
+def test_user_inputs_are_model_inputs_of_rows_without_an_item(spark, world):
+    root, _ = world
+    cfg = _config(root)
+    features = read_features(spark, cfg, D)
+    defaults = registry.load_version(cfg).feature_stats["defaults"]
+    none = F.lit(None).cast("string")
+    rows = features.users.select("user_id", none.alias("item_id"), none.alias("day_category_id"),
+                                 F.lit("exposure").alias("row_kind"))
+    expected = model_inputs(rows, features.users, features.items.limit(0), *features.no_pairs, defaults)
+    actual = user_inputs(features.users, defaults)
+    assert actual.schema == expected.schema
+    expected, actual = (df.orderBy("user_id").toPandas() for df in (expected, actual))
+    assert len(actual) == 6 and actual.astype(str).equals(expected.astype(str))
 
 
 def test_filters_availability_recent_purchases_and_category_cap(spark, world, tmp_path):

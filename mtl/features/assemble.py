@@ -92,6 +92,27 @@ def model_inputs(
         .join(user_items.select("user_id", "item_id", *USER_ITEM_DENSE), ["user_id", "item_id"], "left")
         .join(_user_side(users), "user_id", "left")
     )
+    return _finish(joined, defaults, passthrough)
+
+
+def user_inputs(users: DataFrame, defaults: dict[str, float]) -> DataFrame:
+    """What ``model_inputs`` gives for one exposure row per user of ``users`` with no item (the
+    user tower's inputs), built from the user side alone: joining ``users`` to itself would move
+    every user's wide row once more (as a broadcast or a shuffle) for nothing."""
+    null = F.lit(None)
+    joined = _user_side(users).select(
+        "*",
+        null.cast("string").alias("item_id"),
+        null.cast("string").alias("category_id"),
+        F.lit("exposure").alias("row_kind"),
+        *[null.cast("double").alias(c) for c in (*ITEM_DENSE, *USER_CATEGORY_DENSE, *USER_ITEM_DENSE)],
+    )
+    return _finish(joined, defaults, ())
+
+
+def _finish(joined: DataFrame, defaults: dict[str, float], passthrough: tuple[str, ...]) -> DataFrame:
+    """The model's columns of rows with their features joined on: id hashes, padded sequences
+    and dense values, each missing one filled."""
     kind_code = F.array_position(F.array(*[F.lit(k) for k in ROW_KINDS]), F.col("row_kind")).cast("long")
     return joined.select(
         "user_id",

@@ -39,7 +39,7 @@ from mtl.cli import job_parser, run_job
 from mtl.config import Config
 from mtl.data.loader import MODEL_FIELDS
 from mtl.errors import InputError
-from mtl.features.assemble import model_inputs
+from mtl.features.assemble import model_inputs, user_inputs
 from mtl.features.schema import REPURCHASE_HORIZONS_DAYS
 from mtl.registry import Artifact
 from mtl.runs import RunRecorder
@@ -192,26 +192,17 @@ def active_users(ctx: ScoringContext) -> DataFrame:
     return ctx.features.users.where(F.col("u_days_since_last_event") <= ctx.cfg.scoring.active_days)
 
 
-def user_inputs(ctx: ScoringContext, users: DataFrame) -> DataFrame:
-    """Model inputs of ``users`` with the item and pair sides empty: what the user tower reads."""
-    f = ctx.features
-    rows = users.select(
-        "user_id", F.lit(None).cast("string").alias("item_id"),
-        F.lit(None).cast("string").alias("day_category_id"), F.lit("exposure").alias("row_kind"),
-    )
-    return model_inputs(rows, f.users, f.items.limit(0), *f.no_pairs, ctx.defaults)
-
-
 def candidates(ctx: ScoringContext, catalogue: Broadcast, users: DataFrame, scan_seconds: Accumulator) -> DataFrame:
     """(user_id, item_id, day_category_id, retrieval_score): each user's exact top-M items;
     day_category_id only for items without a category in item_features (model_inputs' fallback).
     ``scan_seconds`` collects the task seconds spent in the scan."""
     sc = ctx.cfg.scoring
-    inputs = user_inputs(ctx, users)
+    inputs = user_inputs(users, ctx.defaults)
     cores = ctx.spark.sparkContext.defaultParallelism
-    if inputs.rdd.getNumPartitions() < cores:
-        # Spread the users over every core: the scan is the heavy part and each row is one user.
-        # Never otherwise: the shuffle costs more than the imbalance it would even out.
+    if len(inputs.inputFiles()) < cores:
+        # Spread the users over every core: the scan is the heavy part, and a task reads whole
+        # files (row groups). With a file per core or more, the shuffle would cost more than the
+        # imbalance it evens out.
         inputs = inputs.repartition(cores)
     stage = retrieval_stage(
         ctx.shipment, catalogue, sc.candidates, sc.item_block_size, sc.users_per_batch, scan_seconds
