@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from pyspark.sql import functions as F
@@ -28,6 +29,7 @@ from mtl.models.model import build_model
 from mtl.score.checks import OutputCheckError, check_recommendations, check_repurchase
 from mtl.score.job import main, read_features, run_score
 from mtl.score.rank import repurchasable_categories, score_column
+from mtl.score.workers import USER_TOWER_COLUMNS, model_batch, user_batch
 from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
 from mtl.train.artifacts import load_model, read_feature_stats, save_model
 from tests.conftest import LOCAL_CONF, ROOT, TEST_OVERRIDES
@@ -216,10 +218,12 @@ def test_recommendations_and_repurchase_equal_plain_pytorch(spark, world):
 
 
 def test_user_inputs_are_model_inputs_of_rows_without_an_item(spark, world):
+    """The retrieval stage's inputs: the user side alone, then only the user tower's columns."""
     root, _ = world
     cfg = _config(root)
     features = read_features(spark, cfg, D)
-    defaults = registry.load_version(cfg).feature_stats["defaults"]
+    artifact = registry.load_version(cfg)
+    defaults = artifact.feature_stats["defaults"]
     none = F.lit(None).cast("string")
     rows = features.users.select("user_id", none.alias("item_id"), none.alias("day_category_id"),
                                  F.lit("exposure").alias("row_kind"))
@@ -228,6 +232,12 @@ def test_user_inputs_are_model_inputs_of_rows_without_an_item(spark, world):
     assert actual.schema == expected.schema
     expected, actual = (df.orderBy("user_id").toPandas() for df in (expected, actual))
     assert len(actual) == 6 and actual.astype(str).equals(expected.astype(str))
+
+    model = load_model(artifact)
+    shipped = pa.RecordBatch.from_pandas(actual[list(USER_TOWER_COLUMNS)], preserve_index=False)
+    assert len(USER_TOWER_COLUMNS) < len(actual.columns) / 2
+    with torch.no_grad():
+        assert torch.equal(model.user_vectors(user_batch(shipped, defaults)), model.user_vectors(model_batch(actual)))
 
 
 def test_filters_availability_recent_purchases_and_category_cap(spark, world, tmp_path):

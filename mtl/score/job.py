@@ -50,6 +50,7 @@ from mtl.score.pseudonym import pseudonym_key, pseudonymised
 from mtl.score.workers import (
     CANDIDATES_SCHEMA,
     ITEM_VECTORS_SCHEMA,
+    USER_TOWER_COLUMNS,
     Catalogue,
     ModelShipment,
     item_vectors_stage,
@@ -197,7 +198,7 @@ def candidates(ctx: ScoringContext, catalogue: Broadcast, users: DataFrame, scan
     day_category_id only for items without a category in item_features (model_inputs' fallback).
     ``scan_seconds`` collects the task seconds spent in the scan."""
     sc = ctx.cfg.scoring
-    inputs = user_inputs(users, ctx.defaults)
+    inputs = user_inputs(users, ctx.defaults).select("user_id", *USER_TOWER_COLUMNS)
     cores = ctx.spark.sparkContext.defaultParallelism
     if len(inputs.inputFiles()) < cores:
         # Spread the users over every core: the scan is the heavy part, and a task reads whole

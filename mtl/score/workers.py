@@ -24,6 +24,7 @@ from pyspark.sql import types as T
 from mtl.data.arrow_columns import numpy_columns
 from mtl.data.loader import MODEL_FIELDS, input_columns, to_arrays
 from mtl.errors import JobError
+from mtl.models.features import DENSE_KEY
 from mtl.models.model import MultiTaskRecModel
 from mtl.registry import Artifact
 from mtl.score.candidates import blocked_top_m
@@ -98,6 +99,27 @@ def model_batch(rows: Union[pd.DataFrame, pa.RecordBatch]) -> dict[str, torch.Te
     return {name: torch.from_numpy(array) for name, array in to_arrays(rows, MODEL_FIELDS, labels=()).items()}
 
 
+# The user tower's inputs: the retrieval stage ships only these (and user_id) to Python. For a
+# user row the item and pair dense columns are constants (their defaults) and the item fields
+# are unused: sending them would double the bytes per user for nothing.
+USER_FIELDS = tuple(f for f in MODEL_FIELDS if f.side == "user")
+USER_TOWER_COLUMNS = input_columns(USER_FIELDS, labels=())
+_DENSE_FIELDS = [f for f in MODEL_FIELDS if f.kind == "dense"]
+_USER_DENSE_POSITIONS = np.array([i for i, f in enumerate(_DENSE_FIELDS) if f.side == "user"])
+
+
+def user_batch(rows: pa.RecordBatch, defaults: dict[str, float]) -> dict[str, torch.Tensor]:
+    """The model's batch for ``user_vectors`` from a record batch of USER_TOWER_COLUMNS. The
+    dense matrix keeps the full schema's width (the normalisation is per schema column); its
+    non-user columns hold their defaults, which is what model_inputs gives a user row, and the
+    user tower reads none of them anyway."""
+    arrays = to_arrays(numpy_columns(rows, USER_TOWER_COLUMNS), USER_FIELDS, labels=())
+    dense = np.repeat(np.array([[defaults[f.name] for f in _DENSE_FIELDS]], dtype=np.float32), rows.num_rows, axis=0)
+    dense[:, _USER_DENSE_POSITIONS] = arrays[DENSE_KEY]
+    arrays[DENSE_KEY] = dense
+    return {name: torch.from_numpy(array) for name, array in arrays.items()}
+
+
 def _finite(vectors: torch.Tensor, what: str) -> torch.Tensor:
     if not torch.isfinite(vectors).all():
         raise JobError(f"the model produced non-finite {what} vectors: its weights are broken")
@@ -124,12 +146,14 @@ def item_vectors_stage(shipment: Broadcast) -> PandasStage:
 def retrieval_stage(
     shipment: Broadcast, catalogue: Broadcast, m: int, block_size: int, users_per_batch: int, scan_seconds: Accumulator
 ) -> ArrowStage:
-    """Record batches of model_inputs for users -> their exact top-m catalogue items by inner
-    product (``mapInArrow``: m rows per user leave as Arrow ``take``s of the catalogue's id
-    columns, never as Python strings). ``scan_seconds`` sums the task time spent in the scan."""
+    """Record batches of user_id and USER_TOWER_COLUMNS -> each user's exact top-m catalogue
+    items by inner product (``mapInArrow``: m rows per user leave as Arrow ``take``s of the
+    catalogue's id columns, never as Python strings). ``scan_seconds`` sums the task time spent
+    in the scan."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = worker_model(shipment)
+        defaults = shipment.value.artifact.feature_stats["defaults"]
         items: Catalogue = catalogue.value
         item_vecs = torch.from_numpy(items.vectors)
         item_ids = pa.array(items.item_ids, pa.string())
@@ -139,7 +163,7 @@ def retrieval_stage(
             for start in range(0, batch.num_rows, users_per_batch):
                 part = batch.slice(start, users_per_batch)
                 with torch.inference_mode():
-                    user_vecs = _finite(model.user_vectors(model_batch(part)), "user")
+                    user_vecs = _finite(model.user_vectors(user_batch(part, defaults)), "user")
                 started = time.perf_counter()
                 scores, rows = blocked_top_m(user_vecs, item_vecs, m, block_size)
                 scan_seconds.add(time.perf_counter() - started)
