@@ -56,6 +56,20 @@ def impressions(world: World, g: GeneratorConfig) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def index_of(ids: pd.Series) -> np.ndarray:
+    """The generator's user or item index of an id (it writes index + 1 as the id)."""
+    return ids.astype(int).to_numpy() - 1
+
+
+def from_truth(truth: pd.DataFrame) -> pd.DataFrame:
+    """The generator's truth/impressions rows in the columns of ``impressions``."""
+    return pd.DataFrame({
+        "user": index_of(truth["user_id"]), "item": index_of(truth["item_id"]), "day": truth["day"],
+        "position": truth["position"], "hour": truth["hour"], "popularity": truth["true_popularity"],
+        "affinity": truth["true_affinity"], "clicked": truth["clicked"],
+    })
+
+
 def learned_user_vectors(history: pd.DataFrame, item_vectors: np.ndarray, users: int, prior_var: float) -> np.ndarray:
     """[users, d]: each user's MAP taste vector from their impressions (zero, the prior's mean,
     for a user without any)."""
@@ -76,17 +90,27 @@ def learned_user_vectors(history: pd.DataFrame, item_vectors: np.ndarray, users:
     return out
 
 
+def prior_var(g: GeneratorConfig) -> float:
+    """The generator draws user vectors as N(0, 4 / d) per component."""
+    return 4.0 / g.latent_dim
+
+
+def learned_logits(users: np.ndarray, item_vectors: np.ndarray, user, item, popularity) -> np.ndarray:
+    """The oracle's taste + popularity logit of (user, item) pairs, with the learned user vectors."""
+    taste = np.einsum("ij,ij->i", users[np.asarray(user)], item_vectors[np.asarray(item)])
+    return CLICK.taste * taste + CLICK.popularity * np.asarray(popularity)
+
+
 def bound(g: GeneratorConfig, eval_day: int) -> dict:
     world = build_world(g, "UTC")  # the time zone only moves timestamps, not outcomes
     log = impressions(world, g)
     history = log[log["day"] < eval_day]
-    # The generator draws user vectors as N(0, 4 / d) per component.
-    users = learned_user_vectors(history, world.item_vec, g.users, 4.0 / g.latent_dim)
+    users = learned_user_vectors(history, world.item_vec, g.users, prior_var(g))
     pairs = log[log["day"] == eval_day].groupby(["user", "item"]).agg(
         clicked=("clicked", "max"), popularity=("popularity", "mean"), affinity=("affinity", "mean")).reset_index()
     y = pairs["clicked"].to_numpy(dtype=int)
     popularity = CLICK.popularity * pairs["popularity"].to_numpy()
-    learned = CLICK.taste * np.einsum("ij,ij->i", users[pairs["user"]], world.item_vec[pairs["item"]]) + popularity
+    learned = learned_logits(users, world.item_vec, pairs["user"], pairs["item"], pairs["popularity"])
     return {
         "impressions_per_user": len(history) / history["user"].nunique(),
         "pairs": len(pairs),

@@ -39,11 +39,13 @@ from mtl.evaluate.publish import run_publish  # noqa: E402
 from mtl.evaluate.report import KIND_ORDER  # noqa: E402
 from mtl.features.job import build_features  # noqa: E402
 from mtl.generate.job import run_generate  # noqa: E402
-from mtl.generate.world import CLICK  # noqa: E402
+from mtl.generate.world import CLICK, build_world  # noqa: E402
 from mtl.ingest.job import run_ingest  # noqa: E402
 from mtl.spark import build_spark  # noqa: E402
 from mtl.tables import TRAINING_EXAMPLES  # noqa: E402
 from mtl.train.job import run_train  # noqa: E402
+
+import click_bound  # noqa: E402  (benchmarks/, this script's folder)
 
 DAY = dt.timedelta(days=1)
 SAMPLE = ROOT.parent / "shared" / "data" / "taobao_user_behavior_sample.csv"
@@ -129,10 +131,20 @@ def oracle_aucs(spark, cfg, work: Path, ds: dt.date, day: int) -> dict[str, dict
     truth = work / "raw" / "truth"
     examples = spark.read.format("delta").load(TRAINING_EXAMPLES.path(cfg.storage)).where(F.col("ds") == F.lit(ds))
     taste = F.lit(CLICK.taste) * F.col("true_affinity") + F.lit(CLICK.popularity) * F.col("true_popularity")
-    impressions = spark.read.parquet(str(truth / "impressions")).where(F.col("day") == day).groupBy("user_id", "item_id").agg(
+    truth_impressions = spark.read.parquet(str(truth / "impressions"))
+    impressions = truth_impressions.where(F.col("day") == day).groupBy("user_id", "item_id").agg(
         (1 - F.exp(F.sum(F.log1p(-F.col("p_click"))))).alias("p_click"), F.max("p_purchase").alias("p_purchase"),
-        F.avg(taste).alias("taste_logit"))
+        F.avg(taste).alias("taste_logit"), F.avg("true_popularity").alias("true_popularity"))
     exposure = examples.where("row_kind = 'exposure'").join(impressions, ["user_id", "item_id"]).toPandas()
+    # The bound of benchmarks/click_bound.py on these rows: users learned from their impressions
+    # before D, everything else known.
+    world = build_world(cfg.generator, "UTC")
+    history = click_bound.from_truth(truth_impressions.where(F.col("day") < day).toPandas())
+    users = click_bound.learned_user_vectors(history, world.item_vec, cfg.generator.users,
+                                             click_bound.prior_var(cfg.generator))
+    exposure["learned_logit"] = click_bound.learned_logits(
+        users, world.item_vec, click_bound.index_of(exposure["user_id"]), click_bound.index_of(exposure["item_id"]),
+        exposure["true_popularity"])
     clicked = exposure[(exposure["click"] == 1) & exposure["p_purchase"].notna()]
     repurchase = spark.read.parquet(str(truth / "repurchase")).where(F.col("day") == day)
     item_rows = examples.where("row_kind = 'repurchase_item' AND repurchase_7d IS NOT NULL").join(
@@ -147,7 +159,9 @@ def oracle_aucs(spark, cfg, work: Path, ds: dt.date, day: int) -> dict[str, dict
 
     return {
         "click": {"oracle, full (knows position, hour, impressions)": auc(exposure, "click", "p_click"),
-                  "oracle, taste + popularity (what features can know)": auc(exposure, "click", "taste_logit")},
+                  "oracle, taste + popularity (what features can know)": auc(exposure, "click", "taste_logit"),
+                  "bound: users learned from their impressions before D, items known": auc(
+                      exposure, "click", "learned_logit")},
         "purchase_cvr": {"oracle (true probabilities)": auc(clicked, "purchase", "p_purchase")},
         "repurchase_7d": {"oracle, item and category rows (replenishment only)": auc(rebuy, "repurchase_7d", "p_repurchase"),
                           "oracle, item rows (exact)": auc(items, "repurchase_7d", "p_repurchase")},

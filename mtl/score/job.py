@@ -7,9 +7,10 @@ for one ds.
    vectors (N x d float32, 12.8 MB for 100k items at d = 32) are collected once and broadcast
    with the item ids. A broadcast needs no filesystem access from Python on any cluster
    storage; at a few million items it is a few hundred MB per executor.
-3. Retrieval: active users' model inputs, in ``mapInArrow`` batches: user tower, then the exact
-   blocked top-M over the broadcast vectors (``mtl.score.candidates``); the M rows per user are
-   built with Arrow takes, not Python strings.
+3. Retrieval: the user tower's input columns of the active users, built from the user side
+   alone, in ``mapInArrow`` batches: user tower, then the exact blocked top-M over the broadcast
+   vectors (``mtl.score.candidates``); the M rows per user are built with Arrow takes, not
+   Python strings.
 4. Ranking: ``model_inputs`` joins the as-of-ds features onto the candidate pairs exactly as for
    training; recently bought items go (unless repurchasable); the multi-task heads score the rest
    in ``mapInPandas``; score formula, per-category cap and top K are window functions.
