@@ -36,6 +36,7 @@ bench: setup
 	$(PY) benchmarks/train_loader.py --warehouse benchmarks/out/features/users_50000/warehouse
 	$(PY) benchmarks/score.py
 	$(PY) benchmarks/evaluate.py
+	$(PY) benchmarks/click_bound.py --sessions-per-user-day 0.6 1.5 3 6 12
 
 clean:
 	rm -rf warehouse spark-warehouse .pytest_cache raw/demo
