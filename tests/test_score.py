@@ -29,7 +29,7 @@ from mtl.models.model import build_model
 from mtl.score.checks import OutputCheckError, check_recommendations, check_repurchase
 from mtl.score.job import main, read_features, run_score
 from mtl.score.rank import repurchasable_categories, score_column
-from mtl.score.workers import USER_TOWER_COLUMNS, model_batch, user_batch
+from mtl.score.workers import USER_TOWER_COLUMNS, dense_defaults, model_batch, user_batch
 from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
 from mtl.train.artifacts import load_model, read_feature_stats, save_model
 from tests.conftest import LOCAL_CONF, ROOT, TEST_OVERRIDES
@@ -237,7 +237,8 @@ def test_user_inputs_are_model_inputs_of_rows_without_an_item(spark, world):
     shipped = pa.RecordBatch.from_pandas(actual[list(USER_TOWER_COLUMNS)], preserve_index=False)
     assert len(USER_TOWER_COLUMNS) < len(actual.columns) / 2
     with torch.no_grad():
-        assert torch.equal(model.user_vectors(user_batch(shipped, defaults)), model.user_vectors(model_batch(actual)))
+        shipped_vectors = model.user_vectors(user_batch(shipped, dense_defaults(defaults)))
+        assert torch.equal(shipped_vectors, model.user_vectors(model_batch(actual)))
 
 
 def test_filters_availability_recent_purchases_and_category_cap(spark, world, tmp_path):

@@ -105,7 +105,7 @@ def user_inputs(users: DataFrame, defaults: dict[str, float]) -> DataFrame:
         null.cast("string").alias("item_id"),
         null.cast("string").alias("category_id"),
         F.lit("exposure").alias("row_kind"),
-        *[null.cast("double").alias(c) for c in (*ITEM_DENSE, *USER_CATEGORY_DENSE, *USER_ITEM_DENSE)],
+        *[null.cast("double").alias(c) for c in dense_columns() if c not in USER_DENSE],
     )
     return _finish(joined, defaults, ())
 

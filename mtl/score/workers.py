@@ -108,13 +108,18 @@ _DENSE_FIELDS = [f for f in MODEL_FIELDS if f.kind == "dense"]
 _USER_DENSE_POSITIONS = np.array([i for i, f in enumerate(_DENSE_FIELDS) if f.side == "user"])
 
 
-def user_batch(rows: pa.RecordBatch, defaults: dict[str, float]) -> dict[str, torch.Tensor]:
+def dense_defaults(defaults: dict[str, float]) -> np.ndarray:
+    """float32 [1, dense columns]: the fill values in the dense matrix's column order."""
+    return np.array([[defaults[f.name] for f in _DENSE_FIELDS]], dtype=np.float32)
+
+
+def user_batch(rows: pa.RecordBatch, dense_fill: np.ndarray) -> dict[str, torch.Tensor]:
     """The model's batch for ``user_vectors`` from a record batch of USER_TOWER_COLUMNS. The
     dense matrix keeps the full schema's width (the normalisation is per schema column); its
-    non-user columns hold their defaults, which is what model_inputs gives a user row, and the
-    user tower reads none of them anyway."""
+    non-user columns hold ``dense_fill`` (``dense_defaults``), which is what model_inputs gives
+    a user row, and the user tower reads none of them anyway."""
     arrays = to_arrays(numpy_columns(rows, USER_TOWER_COLUMNS), USER_FIELDS, labels=())
-    dense = np.repeat(np.array([[defaults[f.name] for f in _DENSE_FIELDS]], dtype=np.float32), rows.num_rows, axis=0)
+    dense = np.repeat(dense_fill, rows.num_rows, axis=0)
     dense[:, _USER_DENSE_POSITIONS] = arrays[DENSE_KEY]
     arrays[DENSE_KEY] = dense
     return {name: torch.from_numpy(array) for name, array in arrays.items()}
@@ -153,7 +158,7 @@ def retrieval_stage(
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = worker_model(shipment)
-        defaults = shipment.value.artifact.feature_stats["defaults"]
+        dense_fill = dense_defaults(shipment.value.artifact.feature_stats["defaults"])
         items: Catalogue = catalogue.value
         item_vecs = torch.from_numpy(items.vectors)
         item_ids = pa.array(items.item_ids, pa.string())
@@ -163,7 +168,7 @@ def retrieval_stage(
             for start in range(0, batch.num_rows, users_per_batch):
                 part = batch.slice(start, users_per_batch)
                 with torch.inference_mode():
-                    user_vecs = _finite(model.user_vectors(user_batch(part, defaults)), "user")
+                    user_vecs = _finite(model.user_vectors(user_batch(part, dense_fill)), "user")
                 started = time.perf_counter()
                 scores, rows = blocked_top_m(user_vecs, item_vecs, m, block_size)
                 scan_seconds.add(time.perf_counter() - started)
