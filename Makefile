@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-airflow demo test test-all bench clean
+.PHONY: setup setup-airflow demo lint test test-all bench clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -20,11 +20,16 @@ demo: setup
 	$(VENV)/bin/mtl-generate --conf conf/demo.yaml
 	$(VENV)/bin/mtl-pipeline run --conf conf/demo.yaml --ds $(DEMO_DS)
 
-## The test suite CI runs: everything but tests marked slow.
-test: setup setup-airflow
+## Lint and format check (ruff, configured in pyproject.toml); `make test` runs it first.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+## The test suite CI runs: lint, then everything but tests marked slow.
+test: setup setup-airflow lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: setup setup-airflow
+test-all: setup setup-airflow lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Benchmarks recorded in BENCHMARKS.md (tens of minutes on 2 cores).

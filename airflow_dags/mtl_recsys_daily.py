@@ -48,11 +48,14 @@ with DAG(
         "max_retry_delay": settings.max_retry_delay,
     },
     params={
-        "train_mode": Param(settings.train_mode, enum=list(steps.TRAIN_MODES),
-                            description="train --mode. auto: full when nothing is published or on the weekly "
-                                        "full-retrain day, else incremental from the champion; a rerun keeps "
-                                        "the version trained for ds. full / incremental: train a new version "
-                                        "in that mode (also on a rerun)"),
+        "train_mode": Param(
+            settings.train_mode,
+            enum=list(steps.TRAIN_MODES),
+            description="train --mode. auto: full when nothing is published or on the weekly "
+            "full-retrain day, else incremental from the champion; a rerun keeps "
+            "the version trained for ds. full / incremental: train a new version "
+            "in that mode (also on a rerun)",
+        ),
     },
     tags=["mtl-recsys", "spark"],
     doc_md=__doc__,
@@ -72,8 +75,12 @@ with DAG(
         for step in steps.STEPS
     ]
 
-    @task.branch(task_id=steps.GATE_DECISION, trigger_rule=TriggerRule.ALL_DONE, retries=0,
-                 execution_timeout=steps.DECISION_TIMEOUT)
+    @task.branch(
+        task_id=steps.GATE_DECISION,
+        trigger_rule=TriggerRule.ALL_DONE,
+        retries=0,
+        execution_timeout=steps.DECISION_TIMEOUT,
+    )
     def gate_decision(ti=None) -> str:
         """Routes on the gate's outcome: published -> use_new_model, refused -> keep_previous_model."""
         states = ti.get_task_states(dag_id=ti.dag_id, task_ids=[steps.GATE_STEP], run_ids=[ti.run_id])

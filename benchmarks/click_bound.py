@@ -36,7 +36,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mtl import metrics as M  # noqa: E402
+from mtl import metric_functions as M  # noqa: E402
 from mtl.config import GeneratorConfig  # noqa: E402
 from mtl.generate.simulate import simulate_block  # noqa: E402
 from mtl.generate.world import CLICK, HOUR_EFFECT, World, block_count, build_world  # noqa: E402
@@ -49,10 +49,20 @@ def impressions(world: World, g: GeneratorConfig) -> pd.DataFrame:
     parts = []
     for block in range(block_count(g)):
         b = simulate_block(world, g, block)
-        parts.append(pd.DataFrame({
-            "user": b.users.ids[b.imp_user], "item": b.imp_item, "day": b.imp_day, "position": b.imp_position,
-            "hour": b.imp_hour, "popularity": b.imp_popularity, "affinity": b.imp_affinity, "clicked": b.clicked,
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "user": b.users.ids[b.imp_user],
+                    "item": b.imp_item,
+                    "day": b.imp_day,
+                    "position": b.imp_position,
+                    "hour": b.imp_hour,
+                    "popularity": b.imp_popularity,
+                    "affinity": b.imp_affinity,
+                    "clicked": b.clicked,
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -63,11 +73,18 @@ def index_of(ids: pd.Series) -> np.ndarray:
 
 def from_truth(truth: pd.DataFrame) -> pd.DataFrame:
     """The generator's truth/impressions rows in the columns of ``impressions``."""
-    return pd.DataFrame({
-        "user": index_of(truth["user_id"]), "item": index_of(truth["item_id"]), "day": truth["day"],
-        "position": truth["position"], "hour": truth["hour"], "popularity": truth["true_popularity"],
-        "affinity": truth["true_affinity"], "clicked": truth["clicked"],
-    })
+    return pd.DataFrame(
+        {
+            "user": index_of(truth["user_id"]),
+            "item": index_of(truth["item_id"]),
+            "day": truth["day"],
+            "position": truth["position"],
+            "hour": truth["hour"],
+            "popularity": truth["true_popularity"],
+            "affinity": truth["true_affinity"],
+            "clicked": truth["clicked"],
+        }
+    )
 
 
 def learned_user_vectors(history: pd.DataFrame, item_vectors: np.ndarray, users: int, prior_var: float) -> np.ndarray:
@@ -77,8 +94,12 @@ def learned_user_vectors(history: pd.DataFrame, item_vectors: np.ndarray, users:
     out = np.zeros((users, d))
     for user, rows in history.groupby("user"):
         x = CLICK.taste * item_vectors[rows["item"].to_numpy()]
-        known = (CLICK.popularity * rows["popularity"].to_numpy() + CLICK.position * rows["position"].to_numpy()
-                 + HOUR_EFFECT[rows["hour"].to_numpy()] + CLICK.bias)
+        known = (
+            CLICK.popularity * rows["popularity"].to_numpy()
+            + CLICK.position * rows["position"].to_numpy()
+            + HOUR_EFFECT[rows["hour"].to_numpy()]
+            + CLICK.bias
+        )
         y = rows["clicked"].to_numpy(dtype=float)
         w = np.zeros(d)
         for _ in range(NEWTON_STEPS):
@@ -106,8 +127,12 @@ def bound(g: GeneratorConfig, eval_day: int) -> dict:
     log = impressions(world, g)
     history = log[log["day"] < eval_day]
     users = learned_user_vectors(history, world.item_vec, g.users, prior_var(g))
-    pairs = log[log["day"] == eval_day].groupby(["user", "item"]).agg(
-        clicked=("clicked", "max"), popularity=("popularity", "mean"), affinity=("affinity", "mean")).reset_index()
+    pairs = (
+        log[log["day"] == eval_day]
+        .groupby(["user", "item"])
+        .agg(clicked=("clicked", "max"), popularity=("popularity", "mean"), affinity=("affinity", "mean"))
+        .reset_index()
+    )
     y = pairs["clicked"].to_numpy(dtype=int)
     popularity = CLICK.popularity * pairs["popularity"].to_numpy()
     learned = learned_logits(users, world.item_vec, pairs["user"], pairs["item"], pairs["popularity"])
@@ -129,22 +154,37 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=21)
     parser.add_argument("--popularity-exponent", type=float, default=0.5)
     parser.add_argument("--eval-day", type=int, default=14, help="day index evaluated (ds 2024-03-15 in evaluate.py)")
-    parser.add_argument("--sessions-per-user-day", type=float, nargs="+", default=[0.6],
-                        help="one world per value (generator.sessions_per_user_day; 0.6 is the default)")
+    parser.add_argument(
+        "--sessions-per-user-day",
+        type=float,
+        nargs="+",
+        default=[0.6],
+        help="one world per value (generator.sessions_per_user_day; 0.6 is the default)",
+    )
     args = parser.parse_args()
 
-    print("| sessions per user and day | impressions per user before D | pairs on D | clicks | "
-          "oracle AUC | learned users, items known | gap | popularity |")
+    print(
+        "| sessions per user and day | impressions per user before D | pairs on D | clicks | "
+        "oracle AUC | learned users, items known | gap | popularity |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for sessions in args.sessions_per_user_day:
         g = dataclasses.replace(
-            GeneratorConfig(), users=args.users, items=args.items, categories=args.categories, days=args.days,
-            popularity_exponent=args.popularity_exponent, sessions_per_user_day=sessions,
+            GeneratorConfig(),
+            users=args.users,
+            items=args.items,
+            categories=args.categories,
+            days=args.days,
+            popularity_exponent=args.popularity_exponent,
+            sessions_per_user_day=sessions,
         )
         r = bound(g, args.eval_day)
-        print(f"| {sessions:g} | {r['impressions_per_user']:.0f} | {r['pairs']:,} | {r['clicks']:,} | "
-              f"{r['oracle']:.4f} | {r['learned_users']:.4f} | {r['oracle'] - r['learned_users']:.4f} | "
-              f"{r['popularity']:.4f} |", flush=True)
+        print(
+            f"| {sessions:g} | {r['impressions_per_user']:.0f} | {r['pairs']:,} | {r['clicks']:,} | "
+            f"{r['oracle']:.4f} | {r['learned_users']:.4f} | {r['oracle'] - r['learned_users']:.4f} | "
+            f"{r['popularity']:.4f} |",
+            flush=True,
+        )
     return 0
 
 

@@ -27,14 +27,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import click_bound  # noqa: E402  (benchmarks/, this script's folder)
 import pandas as pd  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
-from mtl import metrics as M  # noqa: E402
+from mtl import metric_functions as M  # noqa: E402
 from mtl.config import load_config  # noqa: E402
 from mtl.errors import JobError  # noqa: E402
 from mtl.evaluate.job import EvaluationResult, run_evaluate  # noqa: E402
-from mtl.evaluate.metrics_table import BINARY_TASKS, MetricRow  # noqa: E402
+from mtl.evaluate.model_metrics import BINARY_TASKS, MetricRow  # noqa: E402
 from mtl.evaluate.publish import run_publish  # noqa: E402
 from mtl.evaluate.report import KIND_ORDER  # noqa: E402
 from mtl.features.job import build_features  # noqa: E402
@@ -45,20 +46,24 @@ from mtl.spark import build_spark  # noqa: E402
 from mtl.tables import TRAINING_EXAMPLES  # noqa: E402
 from mtl.train.job import run_train  # noqa: E402
 
-import click_bound  # noqa: E402  (benchmarks/, this script's folder)
-
 DAY = dt.timedelta(days=1)
 SAMPLE = ROOT.parent / "shared" / "data" / "taobao_user_behavior_sample.csv"
-ALL_BASELINES = ("evaluation.baselines=[popularity, category_popularity, als, logistic_regression, gbt, single_task, "
-                 "recency_frequency]")
+ALL_BASELINES = (
+    "evaluation.baselines=[popularity, category_popularity, als, logistic_regression, gbt, single_task, "
+    "recency_frequency]"
+)
 MODEL = ROOT / "conf" / "models" / "mmoe_small.yaml"
 
 
 def base_overrides(work: Path) -> list[str]:
     work.mkdir(parents=True, exist_ok=True)
     return [
-        "spark.show_progress=false", "spark.log_level=ERROR", f"storage.warehouse={work / 'warehouse'}",
-        f"model_config={MODEL}", ALL_BASELINES, "training.torch_threads=2",
+        "spark.show_progress=false",
+        "spark.log_level=ERROR",
+        f"storage.warehouse={work / 'warehouse'}",
+        f"model_config={MODEL}",
+        ALL_BASELINES,
+        "training.torch_threads=2",
     ]
 
 
@@ -75,8 +80,11 @@ def featurise(spark, cfg, days: list[dt.date], work: Path) -> None:
 def train_evaluate_publish(spark, cfg, ds: dt.date) -> tuple[EvaluationResult, str]:
     started = time.perf_counter()
     trained = run_train(spark, cfg, ds, "full")
-    print(f"trained version {trained.model_version} in {time.perf_counter() - started:.0f} s "
-          f"({trained.train_rows:,} rows, ds {trained.train_days[0]}..{trained.train_days[1]})", flush=True)
+    print(
+        f"trained version {trained.model_version} in {time.perf_counter() - started:.0f} s "
+        f"({trained.train_rows:,} rows, ds {trained.train_days[0]}..{trained.train_days[1]})",
+        flush=True,
+    )
     started = time.perf_counter()
     result = run_evaluate(spark, cfg, ds, trained.model_version)
     print(f"evaluated in {time.perf_counter() - started:.0f} s; report {result.report_uri}", flush=True)
@@ -95,13 +103,24 @@ def generator_part(args) -> str:
     work = Path(args.work) / f"generator_{args.users}u_{args.items}i_{args.days}d_pop{args.popularity_exponent:g}"
     start = dt.date(2024, 3, 1)
     ds = start + (args.days - 7) * DAY  # the last day whose 7-day repurchase window is observed
-    cfg = load_config(args.conf, base_overrides(work) + [
-        "generator.output_format=canonical", f"generator.users={args.users}", f"generator.items={args.items}",
-        f"generator.categories={args.categories}", f"generator.days={args.days}", f"generator.start_date={start}",
-        f"generator.popularity_exponent={args.popularity_exponent}",
-        f"generator.output={work / 'raw'}", "ingest.format=canonical", f"ingest.input={work / 'raw' / 'events'}",
-        f"training.window_days={args.window}", *args.overrides,
-    ])
+    cfg = load_config(
+        args.conf,
+        base_overrides(work)
+        + [
+            "generator.output_format=canonical",
+            f"generator.users={args.users}",
+            f"generator.items={args.items}",
+            f"generator.categories={args.categories}",
+            f"generator.days={args.days}",
+            f"generator.start_date={start}",
+            f"generator.popularity_exponent={args.popularity_exponent}",
+            f"generator.output={work / 'raw'}",
+            "ingest.format=canonical",
+            f"ingest.input={work / 'raw' / 'events'}",
+            f"training.window_days={args.window}",
+            *args.overrides,
+        ],
+    )
     spark = build_spark(cfg.spark)
     if not (work / "_INGESTED").exists():
         run_generate(spark, cfg)
@@ -110,10 +129,12 @@ def generator_part(args) -> str:
     featurise(spark, cfg, [ds - k * DAY for k in range(args.window, -1, -1)], work)
     result, gate = train_evaluate_publish(spark, cfg, ds)
     oracle = oracle_aucs(spark, cfg, work, ds, (ds - start).days)
-    title = (f"Generated world: {args.users:,} users, {args.items:,} items, {args.categories} categories, "
-             f"{args.days} days, popularity exponent {args.popularity_exponent:g} (canonical: real impressions); "
-             f"trained on ds {ds - args.window * DAY}..{ds - 2 * DAY}, "
-             f"validated on {ds - DAY}, evaluated on {ds}")
+    title = (
+        f"Generated world: {args.users:,} users, {args.items:,} items, {args.categories} categories, "
+        f"{args.days} days, popularity exponent {args.popularity_exponent:g} (canonical: real impressions); "
+        f"trained on ds {ds - args.window * DAY}..{ds - 2 * DAY}, "
+        f"validated on {ds - DAY}, evaluated on {ds}"
+    )
     return tables(title, result, gate, oracle)
 
 
@@ -132,25 +153,40 @@ def oracle_aucs(spark, cfg, work: Path, ds: dt.date, day: int) -> dict[str, dict
     examples = spark.read.format("delta").load(TRAINING_EXAMPLES.path(cfg.storage)).where(F.col("ds") == F.lit(ds))
     taste = F.lit(CLICK.taste) * F.col("true_affinity") + F.lit(CLICK.popularity) * F.col("true_popularity")
     truth_impressions = spark.read.parquet(str(truth / "impressions"))
-    impressions = truth_impressions.where(F.col("day") == day).groupBy("user_id", "item_id").agg(
-        (1 - F.exp(F.sum(F.log1p(-F.col("p_click"))))).alias("p_click"), F.max("p_purchase").alias("p_purchase"),
-        F.avg(taste).alias("taste_logit"), F.avg("true_popularity").alias("true_popularity"))
+    impressions = (
+        truth_impressions.where(F.col("day") == day)
+        .groupBy("user_id", "item_id")
+        .agg(
+            (1 - F.exp(F.sum(F.log1p(-F.col("p_click"))))).alias("p_click"),
+            F.max("p_purchase").alias("p_purchase"),
+            F.avg(taste).alias("taste_logit"),
+            F.avg("true_popularity").alias("true_popularity"),
+        )
+    )
     exposure = examples.where("row_kind = 'exposure'").join(impressions, ["user_id", "item_id"]).toPandas()
     # The bound of benchmarks/click_bound.py on these rows: users learned from their impressions
     # before D, everything else known.
     world = build_world(cfg.generator, "UTC")
     history = click_bound.from_truth(truth_impressions.where(F.col("day") < day).toPandas())
-    users = click_bound.learned_user_vectors(history, world.item_vec, cfg.generator.users,
-                                             click_bound.prior_var(cfg.generator))
+    users = click_bound.learned_user_vectors(
+        history, world.item_vec, cfg.generator.users, click_bound.prior_var(cfg.generator)
+    )
     exposure["learned_logit"] = click_bound.learned_logits(
-        users, world.item_vec, click_bound.index_of(exposure["user_id"]), click_bound.index_of(exposure["item_id"]),
-        exposure["true_popularity"])
+        users,
+        world.item_vec,
+        click_bound.index_of(exposure["user_id"]),
+        click_bound.index_of(exposure["item_id"]),
+        exposure["true_popularity"],
+    )
     clicked = exposure[(exposure["click"] == 1) & exposure["p_purchase"].notna()]
     repurchase = spark.read.parquet(str(truth / "repurchase")).where(F.col("day") == day)
     item_rows = examples.where("row_kind = 'repurchase_item' AND repurchase_7d IS NOT NULL").join(
-        repurchase.where("level = 'item'").select("user_id", "item_id", "p_repurchase"), ["user_id", "item_id"])
+        repurchase.where("level = 'item'").select("user_id", "item_id", "p_repurchase"), ["user_id", "item_id"]
+    )
     category_rows = examples.where("row_kind = 'repurchase_category' AND repurchase_7d IS NOT NULL").join(
-        repurchase.where("level = 'category'").select("user_id", "category_id", "p_repurchase"), ["user_id", "category_id"])
+        repurchase.where("level = 'category'").select("user_id", "category_id", "p_repurchase"),
+        ["user_id", "category_id"],
+    )
     items = item_rows.select("repurchase_7d", "p_repurchase").toPandas()
     rebuy = pd.concat([items, category_rows.select("repurchase_7d", "p_repurchase").toPandas()])
 
@@ -158,31 +194,44 @@ def oracle_aucs(spark, cfg, work: Path, ds: dt.date, day: int) -> dict[str, dict
         return M.auc(frame[label].to_numpy(), frame[score].to_numpy())
 
     return {
-        "click": {"oracle, full (knows position, hour, impressions)": auc(exposure, "click", "p_click"),
-                  "oracle, taste + popularity (what features can know)": auc(exposure, "click", "taste_logit"),
-                  "bound: users learned from their impressions before D, items known": auc(
-                      exposure, "click", "learned_logit")},
+        "click": {
+            "oracle, full (knows position, hour, impressions)": auc(exposure, "click", "p_click"),
+            "oracle, taste + popularity (what features can know)": auc(exposure, "click", "taste_logit"),
+            "bound: users learned from their impressions before D, items known": auc(
+                exposure, "click", "learned_logit"
+            ),
+        },
         "purchase_cvr": {"oracle (true probabilities)": auc(clicked, "purchase", "p_purchase")},
-        "repurchase_7d": {"oracle, item and category rows (replenishment only)": auc(rebuy, "repurchase_7d", "p_repurchase"),
-                          "oracle, item rows (exact)": auc(items, "repurchase_7d", "p_repurchase")},
+        "repurchase_7d": {
+            "oracle, item and category rows (replenishment only)": auc(rebuy, "repurchase_7d", "p_repurchase"),
+            "oracle, item rows (exact)": auc(items, "repurchase_7d", "p_repurchase"),
+        },
     }
 
 
 def taobao_part(args) -> str:
     work = Path(args.work) / "taobao_sample"
     ds = dt.date(2017, 12, 3)
-    cfg = load_config(args.conf, base_overrides(work) + [
-        f"ingest.input={SAMPLE}", "ingest.format=taobao_user_behavior", f"training.window_days={args.taobao_window}",
-        *args.overrides,
-    ])
+    cfg = load_config(
+        args.conf,
+        base_overrides(work)
+        + [
+            f"ingest.input={SAMPLE}",
+            "ingest.format=taobao_user_behavior",
+            f"training.window_days={args.taobao_window}",
+            *args.overrides,
+        ],
+    )
     spark = build_spark(cfg.spark)
     if not (work / "_INGESTED").exists():
         run_ingest(spark, cfg)
         (work / "_INGESTED").touch()
     featurise(spark, cfg, [ds - k * DAY for k in range(args.taobao_window, -1, -1)], work)
     result, gate = train_evaluate_publish(spark, cfg, ds)
-    title = (f"Taobao UserBehavior sample ({SAMPLE.name}): trained on ds {ds - args.taobao_window * DAY}..{ds - 2 * DAY}, "
-             f"validated on {ds - DAY}, evaluated on {ds}")
+    title = (
+        f"Taobao UserBehavior sample ({SAMPLE.name}): trained on ds {ds - args.taobao_window * DAY}..{ds - 2 * DAY}, "
+        f"validated on {ds - DAY}, evaluated on {ds}"
+    )
     return tables(title, result, gate, {})
 
 
@@ -199,8 +248,13 @@ def tables(title: str, result: EvaluationResult, gate: str, oracle: dict[str, di
         if not present:
             continue
         n = by[present[0], task.name, "auc", None].n_examples
-        out += ["", f"**{task.name}** ({n:,} rows)", "", "| model | AUC | GAUC | log loss | calibration |",
-                "|---|---:|---:|---:|---:|"]
+        out += [
+            "",
+            f"**{task.name}** ({n:,} rows)",
+            "",
+            "| model | AUC | GAUC | log loss | calibration |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for kind in present:
             cells = [_fmt(by.get((kind, task.name, m, None))) for m in ("auc", "gauc", "log_loss", "calibration")]
             out.append(f"| {kind} | " + " | ".join(cells) + " |")
@@ -211,8 +265,13 @@ def tables(title: str, result: EvaluationResult, gate: str, oracle: dict[str, di
         ks = sorted({r.k for r in result.rows if r.task == "retrieval" and r.k})
         users = by[ranking[0], "retrieval", "recall", ks[0]].n_examples
         head = " | ".join(f"{m}@{k}" for m in ("Recall", "NDCG", "HitRate") for k in ks)
-        out += ["", f"**retrieval** over the full catalogue ({users:,} users)", "", f"| model | {head} |",
-                "|---|" + "---:|" * (3 * len(ks))]
+        out += [
+            "",
+            f"**retrieval** over the full catalogue ({users:,} users)",
+            "",
+            f"| model | {head} |",
+            "|---|" + "---:|" * (3 * len(ks)),
+        ]
         for kind in ranking:
             cells = [_fmt(by.get((kind, "retrieval", m, k))) for m in ("recall", "ndcg", "hit_rate") for k in ks]
             out.append(f"| {kind} | " + " | ".join(cells) + " |")

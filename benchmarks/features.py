@@ -21,13 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report import print_summary, size_result  # noqa: E402
+
 from mtl.config import load_config  # noqa: E402
 from mtl.features.job import build_features, compute  # noqa: E402
 from mtl.generate.job import run_generate  # noqa: E402
 from mtl.ingest.job import run_ingest  # noqa: E402
 from mtl.spark import build_spark  # noqa: E402
 from mtl.tables import EVENTS  # noqa: E402
-from report import print_summary, size_result  # noqa: E402
 
 FORBIDDEN = ("CartesianProduct", "BroadcastNestedLoopJoin", "BatchEvalPython", "ArrowEvalPython", "PythonUDF")
 
@@ -36,10 +37,18 @@ def prepare(args, users: int):
     """Config of a warehouse holding the events of ``users`` generated users (made once)."""
     work = Path(args.work) / f"users_{users}"
     overrides = [
-        "spark.show_progress=false", "spark.log_level=ERROR", "generator.output_format=canonical",
-        f"generator.days={args.days}", f"generator.items={args.items}", f"generator.categories={args.categories}",
-        f"generator.users={users}", f"generator.output={work / 'raw'}", f"storage.warehouse={work / 'warehouse'}",
-        "ingest.format=canonical", f"ingest.input={work / 'raw' / 'events'}", *args.overrides,
+        "spark.show_progress=false",
+        "spark.log_level=ERROR",
+        "generator.output_format=canonical",
+        f"generator.days={args.days}",
+        f"generator.items={args.items}",
+        f"generator.categories={args.categories}",
+        f"generator.users={users}",
+        f"generator.output={work / 'raw'}",
+        f"storage.warehouse={work / 'warehouse'}",
+        "ingest.format=canonical",
+        f"ingest.input={work / 'raw' / 'events'}",
+        *args.overrides,
     ]
     cfg = load_config(args.conf, overrides)
     done = work / "_READY"
@@ -104,14 +113,17 @@ def main() -> int:
             start = time.perf_counter()
             result = build_features(spark, cfg, ds)
             seconds.append(time.perf_counter() - start)
-            print(f"users={users:,} events={n_events:,} ds={ds} attempt={attempt + 1}: {seconds[-1]:.1f}s {result.rows}",
-                  flush=True)
+            print(
+                f"users={users:,} events={n_events:,} ds={ds} attempt={attempt + 1}: {seconds[-1]:.1f}s {result.rows}",
+                flush=True,
+            )
         results.append(size_result(n_events, seconds, users=users, output_rows=result.rows))
         checks[users] = plan_checks(spark, cfg, ds)
         print(f"plan checks: {checks[users]}", flush=True)
 
-    print_summary(results, plan_checks=checks, spark_master=cfg.spark.master,
-                  shuffle_partitions=cfg.spark.shuffle_partitions)
+    print_summary(
+        results, plan_checks=checks, spark_master=cfg.spark.master, shuffle_partitions=cfg.spark.shuffle_partitions
+    )
     return 0
 
 

@@ -18,10 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report import print_summary, size_result  # noqa: E402
+
 from mtl.config import load_config  # noqa: E402
 from mtl.generate.job import run_generate  # noqa: E402
 from mtl.spark import build_spark  # noqa: E402
-from report import print_summary, size_result  # noqa: E402
 
 
 def main() -> int:
@@ -37,8 +38,12 @@ def main() -> int:
     args = parser.parse_args()
 
     base = [
-        "spark.show_progress=false", "spark.log_level=ERROR", f"generator.output_format={args.format}",
-        f"generator.days={args.days}", f"generator.items={args.items}", f"generator.categories={args.categories}",
+        "spark.show_progress=false",
+        "spark.log_level=ERROR",
+        f"generator.output_format={args.format}",
+        f"generator.days={args.days}",
+        f"generator.items={args.items}",
+        f"generator.categories={args.categories}",
         f"generator.output={args.work}",
     ]
     spark = build_spark(load_config(args.conf, base).spark)
@@ -46,12 +51,14 @@ def main() -> int:
     for users in args.users:
         cfg = load_config(args.conf, base + [f"generator.users={users}"])
         seconds, rows = [], 0
-        for attempt in range(args.repeats):
+        for _attempt in range(args.repeats):
             shutil.rmtree(args.work, ignore_errors=True)
             start = time.perf_counter()
             rows = run_generate(spark, cfg).events
             seconds.append(time.perf_counter() - start)
-            print(f"users={users:,}: {rows:,} rows in {seconds[-1]:.1f}s ({rows / seconds[-1]:,.0f} rows/s)", flush=True)
+            print(
+                f"users={users:,}: {rows:,} rows in {seconds[-1]:.1f}s ({rows / seconds[-1]:,.0f} rows/s)", flush=True
+            )
         results.append(size_result(rows, seconds, users=users))
     print_summary(results, format=args.format)
     spark.stop()

@@ -18,10 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report import print_summary, size_result  # noqa: E402
+
 from mtl.config import load_config  # noqa: E402
 from mtl.ingest.job import run_ingest  # noqa: E402
 from mtl.spark import build_spark  # noqa: E402
-from report import print_summary, size_result  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "taobao_user_behavior_sample.csv"
 USER_ID_STRIDE = 10_000_000
@@ -63,8 +64,10 @@ def main() -> int:
 
     work = Path(args.work)
     warehouse = work / "warehouse"
-    cfg = load_config(args.conf, ["spark.show_progress=false", "spark.log_level=ERROR", *args.overrides,
-                                  f"storage.warehouse={warehouse}"])
+    cfg = load_config(
+        args.conf,
+        ["spark.show_progress=false", "spark.log_level=ERROR", *args.overrides, f"storage.warehouse={warehouse}"],
+    )
     spark = build_spark(cfg.spark)
     results = []
     for rows in args.rows:
@@ -76,9 +79,12 @@ def main() -> int:
             result = run_ingest(spark, cfg, str(data))
             seconds.append(time.perf_counter() - start)
             assert result.rows_read == rows, (result.rows_read, rows)
-            print(f"rows={rows:,} attempt={attempt + 1}: {seconds[-1]:.1f}s "
-                  f"({rows / seconds[-1]:,.0f} rows/s; accepted {result.accepted:,}, "
-                  f"quarantined {result.quarantined:,})", flush=True)
+            print(
+                f"rows={rows:,} attempt={attempt + 1}: {seconds[-1]:.1f}s "
+                f"({rows / seconds[-1]:,.0f} rows/s; accepted {result.accepted:,}, "
+                f"quarantined {result.quarantined:,})",
+                flush=True,
+            )
         results.append(size_result(rows, seconds))
 
     print_summary(results, spark_master=cfg.spark.master, shuffle_partitions=cfg.spark.shuffle_partitions)

@@ -28,11 +28,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mtl.features.schema import Field  # noqa: E402
 from mtl.models import MultiTaskLoss, build_model, load_model_config  # noqa: E402
-from mtl.models.config import ModelConfig  # noqa: E402
-from mtl.models.features import dense_feature_stats  # noqa: E402
-from mtl.train.checkpoint import seed_everything  # noqa: E402
+from mtl.models.embedding import dense_feature_stats  # noqa: E402
+from mtl.models.model_config import ModelConfig  # noqa: E402
+from mtl.schema import Field  # noqa: E402
+from mtl.seeds import seed_everything  # noqa: E402
 from mtl.train.trainer import Trainer  # noqa: E402
 
 SIDES = ("user",) * 10 + ("item",) * 8 + ("pair",) * 2
@@ -48,16 +48,27 @@ def reference_fields() -> tuple[Field, ...]:
 
 def reference_config(buckets: int, batch_size: int, sparse: bool) -> ModelConfig:
     vocabs = ", ".join(f"v{i}: {buckets}" for i in range(len(SIDES)))
-    return load_model_config(ROOT / "conf" / "models" / "mmoe.yaml", [
-        "embedding.dim=16", f"embedding.buckets={{{vocabs}}}", f"embedding.sparse={str(sparse).lower()}",
-        "architecture.experts=4", "architecture.expert_units=[64]", "architecture.tower_units=[32]",
-        "tasks=[{label: click}, {label: purchase}, {label: repurchase_7d}]",
-        f"trainer.batch_size={batch_size}", "trainer.epochs=1", "trainer.checkpoint_every_steps=0",
-        "trainer.log_every_steps=1000000",
-    ])
+    return load_model_config(
+        ROOT / "conf" / "models" / "mmoe.yaml",
+        [
+            "embedding.dim=16",
+            f"embedding.buckets={{{vocabs}}}",
+            f"embedding.sparse={str(sparse).lower()}",
+            "architecture.experts=4",
+            "architecture.expert_units=[64]",
+            "architecture.tower_units=[32]",
+            "tasks=[{label: click}, {label: purchase}, {label: repurchase_7d}]",
+            f"trainer.batch_size={batch_size}",
+            "trainer.epochs=1",
+            "trainer.checkpoint_every_steps=0",
+            "trainer.log_every_steps=1000000",
+        ],
+    )
 
 
-def synthetic_batches(fields: tuple[Field, ...], rows: int, batch_size: int, seed: int) -> list[dict[str, torch.Tensor]]:
+def synthetic_batches(
+    fields: tuple[Field, ...], rows: int, batch_size: int, seed: int
+) -> list[dict[str, torch.Tensor]]:
     """Zipf-distributed ids (a few hot ids, a long tail, as in real logs) hashed to int64."""
     rng = np.random.default_rng(seed)
     data: dict[str, torch.Tensor] = {}
@@ -68,8 +79,10 @@ def synthetic_batches(fields: tuple[Field, ...], rows: int, batch_size: int, see
     click = rng.random(rows) < 0.3
     data["click"] = torch.from_numpy(click.astype(np.float32))
     data["purchase"] = torch.from_numpy((click & (rng.random(rows) < 0.3)).astype(np.float32))
-    data["repurchase_7d"] = torch.from_numpy(np.where(rng.random(rows) < 0.4, rng.random(rows) < 0.2, -1).astype(np.float32))
-    return [{k: v[s:s + batch_size] for k, v in data.items()} for s in range(0, rows, batch_size)]
+    data["repurchase_7d"] = torch.from_numpy(
+        np.where(rng.random(rows) < 0.4, rng.random(rows) < 0.2, -1).astype(np.float32)
+    )
+    return [{k: v[s : s + batch_size] for k, v in data.items()} for s in range(0, rows, batch_size)]
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -128,7 +141,10 @@ def main() -> int:
     print(f"\nparameters: {params:,}; {args.repeats} repeats of {args.steps} steps of {args.batch_size} rows\n")
     print("| date | command | machine | sparse + SparseAdam (ex/s) | dense + Adam (ex/s) | ratio |")
     print("|---|---|---|---:|---:|---:|")
-    print(f"| {dt.date.today().isoformat()} | {command} | {machine} | {sparse:,.0f} | {dense:,.0f} | {sparse / dense:.1f}x |")
+    print(
+        f"| {dt.date.today().isoformat()} | {command} | {machine} "
+        f"| {sparse:,.0f} | {dense:,.0f} | {sparse / dense:.1f}x |"
+    )
     return 0
 
 

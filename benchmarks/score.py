@@ -88,8 +88,11 @@ def memory_probe(n_items: int, dim: int, m: int, block: int) -> dict:
         f.write("5")  # resets the peak (VmHWM) to the current size: setup's temporaries do not count
     baseline = status("VmRSS:")
     blocked_top_m(users, items, m, block)
-    return {"items": n_items, "item_matrix_mb": items.numel() * 4 / 2**20,
-            "peak_extra_mb": (status("VmHWM:") - baseline) / 2**20}
+    return {
+        "items": n_items,
+        "item_matrix_mb": items.numel() * 4 / 2**20,
+        "peak_extra_mb": (status("VmHWM:") - baseline) / 2**20,
+    }
 
 
 def write_tables(spark, cfg, users: int, items: int, categories: int) -> None:
@@ -97,13 +100,14 @@ def write_tables(spark, cfg, users: int, items: int, categories: int) -> None:
     from pyspark.sql import functions as F
 
     from mtl import delta_io
-    from mtl.features.schema import ITEM_DENSE, USER_CATEGORY_DENSE, USER_DENSE, USER_ITEM_DENSE
+    from mtl.schema import ITEM_DENSE, USER_CATEGORY_DENSE, USER_DENSE, USER_ITEM_DENSE
     from mtl.tables import ITEM_FEATURES, USER_CATEGORY_FEATURES, USER_FEATURES, USER_ITEM_FEATURES
 
     def dense(names, seed: int, **fixed):
         """Heavy-tailed non-negative values, like counts; ``fixed`` columns as given."""
-        return [fixed.get(c, F.floor(F.pow(F.rand(seed + i), 3) * 40)).cast("double").alias(c)
-                for i, c in enumerate(names)]
+        return [
+            fixed.get(c, F.floor(F.pow(F.rand(seed + i), 3) * 40)).cast("double").alias(c) for i, c in enumerate(names)
+        ]
 
     def item_of(uid, slot):  # the slot-th history item of user uid
         return F.pmod(F.xxhash64(uid, slot), F.lit(items))
@@ -113,57 +117,94 @@ def write_tables(spark, cfg, users: int, items: int, categories: int) -> None:
 
     ds = F.lit(DS)
     item_df = spark.range(items).select(
-        F.concat(F.lit("i"), F.col("id").cast("string")).alias("item_id"), category_of(F.col("id")).alias("category_id"),
-        *dense(ITEM_DENSE, 100), F.lit(dt.datetime(2024, 1, 1)).alias("first_seen_ts"), ds.alias("ds"),
+        F.concat(F.lit("i"), F.col("id").cast("string")).alias("item_id"),
+        category_of(F.col("id")).alias("category_id"),
+        *dense(ITEM_DENSE, 100),
+        F.lit(dt.datetime(2024, 1, 1)).alias("first_seen_ts"),
+        ds.alias("ds"),
     )
     slots = F.sequence(F.lit(1), F.lit(HISTORY))
-    user_df = spark.range(users).withColumn("uid", F.xxhash64(F.concat(F.lit("u"), F.col("id").cast("string")))).select(
-        F.concat(F.lit("u"), F.col("id").cast("string")).alias("user_id"), "uid",
-        *dense(USER_DENSE, 200, u_days_since_last_event=1 + F.pmod(F.col("uid"), F.lit(30))),
-        F.transform(slots, lambda s: F.concat(F.lit("i"), item_of(F.col("uid"), s).cast("string"))).alias("hist_item_ids"),
-        F.transform(slots, lambda s: category_of(item_of(F.col("uid"), s))).alias("hist_category_ids"),
-        F.transform(F.sequence(F.lit(1), F.lit(3)), lambda s: category_of(item_of(F.col("uid"), s))).alias(
-            "u_top_category_ids"),
-        ds.alias("ds"),
-    ).drop("uid")
-    pairs = spark.range(users).select(
-        F.concat(F.lit("u"), F.col("id").cast("string")).alias("user_id"), F.explode(slots).alias("slot"),
-    ).withColumn("item_index", item_of(F.xxhash64("user_id"), F.col("slot")))
+    user_df = (
+        spark.range(users)
+        .withColumn("uid", F.xxhash64(F.concat(F.lit("u"), F.col("id").cast("string"))))
+        .select(
+            F.concat(F.lit("u"), F.col("id").cast("string")).alias("user_id"),
+            "uid",
+            *dense(USER_DENSE, 200, u_days_since_last_event=1 + F.pmod(F.col("uid"), F.lit(30))),
+            F.transform(slots, lambda s: F.concat(F.lit("i"), item_of(F.col("uid"), s).cast("string"))).alias(
+                "hist_item_ids"
+            ),
+            F.transform(slots, lambda s: category_of(item_of(F.col("uid"), s))).alias("hist_category_ids"),
+            F.transform(F.sequence(F.lit(1), F.lit(3)), lambda s: category_of(item_of(F.col("uid"), s))).alias(
+                "u_top_category_ids"
+            ),
+            ds.alias("ds"),
+        )
+        .drop("uid")
+    )
+    pairs = (
+        spark.range(users)
+        .select(
+            F.concat(F.lit("u"), F.col("id").cast("string")).alias("user_id"),
+            F.explode(slots).alias("slot"),
+        )
+        .withColumn("item_index", item_of(F.xxhash64("user_id"), F.col("slot")))
+    )
     bought = F.col("slot") <= 2
     user_item_df = pairs.select(
-        "user_id", F.concat(F.lit("i"), F.col("item_index").cast("string")).alias("item_id"),
+        "user_id",
+        F.concat(F.lit("i"), F.col("item_index").cast("string")).alias("item_id"),
         category_of(F.col("item_index")).alias("category_id"),
-        F.lit(3.0).alias("ui_interactions_30d"), F.when(bought, 1.0).otherwise(0.0).alias("ui_purchase_days"),
-        F.when(bought, (1 + F.pmod(F.xxhash64("user_id", "slot"), F.lit(60))).cast("double")).otherwise(180.0)
+        F.lit(3.0).alias("ui_interactions_30d"),
+        F.when(bought, 1.0).otherwise(0.0).alias("ui_purchase_days"),
+        F.when(bought, (1 + F.pmod(F.xxhash64("user_id", "slot"), F.lit(60))).cast("double"))
+        .otherwise(180.0)
         .alias("ui_days_since_last_purchase"),
         F.lit(None).cast("timestamp").alias("ui_last_interaction_ts"),
         F.lit(None).cast("timestamp").alias("ui_last_purchase_ts"),
         ds.alias("ds"),
     ).dropDuplicates(["user_id", "item_id"])
-    user_cat_df = pairs.where(F.col("slot") <= 5).select(
-        "user_id", category_of(F.col("item_index")).alias("category_id"),
-        *dense(USER_CATEGORY_DENSE, 300, uc_purchase_days=F.when(bought, 1.0).otherwise(0.0),
-               uc_days_since_last_purchase=F.when(bought, 10.0).otherwise(180.0)),
-        F.lit(None).cast("timestamp").alias("uc_last_purchase_ts"), ds.alias("ds"),
-    ).dropDuplicates(["user_id", "category_id"])
+    user_cat_df = (
+        pairs.where(F.col("slot") <= 5)
+        .select(
+            "user_id",
+            category_of(F.col("item_index")).alias("category_id"),
+            *dense(
+                USER_CATEGORY_DENSE,
+                300,
+                uc_purchase_days=F.when(bought, 1.0).otherwise(0.0),
+                uc_days_since_last_purchase=F.when(bought, 10.0).otherwise(180.0),
+            ),
+            F.lit(None).cast("timestamp").alias("uc_last_purchase_ts"),
+            ds.alias("ds"),
+        )
+        .dropDuplicates(["user_id", "category_id"])
+    )
     assert set(USER_ITEM_DENSE) <= set(user_item_df.columns)
-    for spec, df in ((ITEM_FEATURES, item_df), (USER_FEATURES, user_df), (USER_ITEM_FEATURES, user_item_df),
-                     (USER_CATEGORY_FEATURES, user_cat_df)):
+    for spec, df in (
+        (ITEM_FEATURES, item_df),
+        (USER_FEATURES, user_df),
+        (USER_ITEM_FEATURES, user_item_df),
+        (USER_CATEGORY_FEATURES, user_cat_df),
+    ):
         delta_io.replace_partition(spark, df, spec, spec.path(cfg.storage), DS)
 
 
 def publish_random_model(cfg) -> str:
     from mtl import registry
     from mtl.features.assemble import feature_defaults
-    from mtl.features.schema import dense_columns, model_fields
     from mtl.features.transforms import Priors
-    from mtl.models.config import load_model_config
+    from mtl.models.artifacts import save_model
     from mtl.models.model import build_model
-    from mtl.train.artifacts import save_model
+    from mtl.models.model_config import load_model_config
+    from mtl.schema import dense_columns, model_fields
 
     n = len(dense_columns())
     stats = {
-        "ds": DS.isoformat(), "dense_columns": list(dense_columns()), "dense_mean": [1.0] * n, "dense_std": [1.0] * n,
+        "ds": DS.isoformat(),
+        "dense_columns": list(dense_columns()),
+        "dense_mean": [1.0] * n,
+        "dense_std": [1.0] * n,
         "defaults": feature_defaults(Priors(0.02, 0.05, 0.1, True), cfg.features.history_days),
     }
     model_cfg = load_model_config(ROOT / "conf" / "models" / "mmoe.yaml")
@@ -200,15 +241,28 @@ def main() -> int:
     from mtl.spark import build_spark
 
     work = Path(args.work) / f"u{args.users}_i{args.items}"
-    cfg = load_config(args.conf, [
-        "spark.show_progress=false", "spark.log_level=ERROR", f"storage.warehouse={work / 'warehouse'}",
-        *args.overrides,
-    ])
+    cfg = load_config(
+        args.conf,
+        [
+            "spark.show_progress=false",
+            "spark.log_level=ERROR",
+            f"storage.warehouse={work / 'warehouse'}",
+            *args.overrides,
+        ],
+    )
     sc = cfg.scoring
-    out: dict = {"date": dt.date.today().isoformat(), "cpus": os.cpu_count(), "users": args.users, "items": args.items,
-                 "k": sc.k, "candidates": sc.candidates, "item_block_size": sc.item_block_size,
-                 "users_per_batch": sc.users_per_batch, "spark_master": cfg.spark.master,
-                 "shuffle_partitions": cfg.spark.shuffle_partitions}
+    out: dict = {
+        "date": dt.date.today().isoformat(),
+        "cpus": os.cpu_count(),
+        "users": args.users,
+        "items": args.items,
+        "k": sc.k,
+        "candidates": sc.candidates,
+        "item_block_size": sc.item_block_size,
+        "users_per_batch": sc.users_per_batch,
+        "spark_master": cfg.spark.master,
+        "shuffle_partitions": cfg.spark.shuffle_partitions,
+    }
     out["matmul_gflops_before"] = machine_matmul()
     print(json.dumps(out), flush=True)
 
@@ -229,8 +283,8 @@ def main() -> int:
     # The kernel alone, one thread, real vectors.
     users = job.active_users(ctx)
     sample = user_inputs(users.limit(args.kernel_users), ctx.defaults).toPandas()
+    from mtl.models.artifacts import load_model
     from mtl.score.workers import model_batch
-    from mtl.train.artifacts import load_model
 
     model = load_model(ctx.shipment.value.artifact)
     with torch.inference_mode():
@@ -241,12 +295,15 @@ def main() -> int:
     for _ in range(3):
         start = time.perf_counter()
         for lo in range(0, len(user_vecs), sc.users_per_batch):
-            blocked_top_m(user_vecs[lo:lo + sc.users_per_batch], items, sc.candidates, sc.item_block_size)
+            blocked_top_m(user_vecs[lo : lo + sc.users_per_batch], items, sc.candidates, sc.item_block_size)
         times.append(time.perf_counter() - start)
     kernel_s = min(times)
-    out["kernel"] = {"users": len(user_vecs), "seconds": kernel_s,
-                     "gflops_1_thread": retrieval_flops(len(user_vecs), len(items), dim) / kernel_s / 1e9,
-                     "matmul_gflops_1_thread": matmul_flops(1) / 1e9}
+    out["kernel"] = {
+        "users": len(user_vecs),
+        "seconds": kernel_s,
+        "gflops_1_thread": retrieval_flops(len(user_vecs), len(items), dim) / kernel_s / 1e9,
+        "matmul_gflops_1_thread": matmul_flops(1) / 1e9,
+    }
     out["kernel"]["share_of_matmul"] = out["kernel"]["gflops_1_thread"] / out["kernel"]["matmul_gflops_1_thread"]
     torch.set_num_threads(os.cpu_count())
     print(json.dumps(out["kernel"]), flush=True)
@@ -263,17 +320,25 @@ def main() -> int:
         job.candidates(ctx, catalogue_bc, users, scan_seconds).write.format("noop").mode("overwrite").save()
         attempts.append((time.perf_counter() - start, scan_seconds.value))
         machine.append(matmul_flops(os.cpu_count()))
-        print(f"retrieval stage: {attempts[-1][0]:.1f}s, scan task seconds {attempts[-1][1]:.1f}, "
-              f"matmul {machine[-1] / 1e9:.0f} GFLOP/s", flush=True)
+        print(
+            f"retrieval stage: {attempts[-1][0]:.1f}s, scan task seconds {attempts[-1][1]:.1f}, "
+            f"matmul {machine[-1] / 1e9:.0f} GFLOP/s",
+            flush=True,
+        )
     # Best of the attempts against the best matmul: the machine is shared, and other people's
     # load only ever slows a measurement down.
     seconds, scan_task_seconds = min(attempts)
     best_machine = max(machine)
     stage = out["retrieval_stage"] = {
-        "users": n_users, "attempts_s": [a for a, _ in attempts], "seconds": seconds, "users_per_s": n_users / seconds,
-        "gflops": flop / seconds / 1e9, "matmul_gflops": [m / 1e9 for m in machine],
+        "users": n_users,
+        "attempts_s": [a for a, _ in attempts],
+        "seconds": seconds,
+        "users_per_s": n_users / seconds,
+        "gflops": flop / seconds / 1e9,
+        "matmul_gflops": [m / 1e9 for m in machine],
         # the scan alone inside the tasks: its task seconds spread over the cores running them
-        "scan_task_seconds": scan_task_seconds, "scan_gflops": flop / (scan_task_seconds / cores) / 1e9,
+        "scan_task_seconds": scan_task_seconds,
+        "scan_gflops": flop / (scan_task_seconds / cores) / 1e9,
     }
     stage["share_of_matmul"] = stage["gflops"] * 1e9 / best_machine
     # The same, attempt by attempt against the matmul measured right after it, and the median.
@@ -288,14 +353,21 @@ def main() -> int:
         start = time.perf_counter()
         result = job.run_score(spark, cfg, DS)
         seconds = time.perf_counter() - start
-        out["job"] = {"seconds": seconds, "users_per_s": result.active_users / seconds, "phases_s": result.seconds,
-                      "rows": result.rows}
+        out["job"] = {
+            "seconds": seconds,
+            "users_per_s": result.active_users / seconds,
+            "phases_s": result.seconds,
+            "rows": result.rows,
+        }
         print(json.dumps(out["job"]), flush=True)
 
     spark.stop()
     out["memory"] = [
-        json.loads(subprocess.run([sys.executable, __file__, "--memory-probe", str(n)], check=True,
-                                  capture_output=True, text=True).stdout)
+        json.loads(
+            subprocess.run(
+                [sys.executable, __file__, "--memory-probe", str(n)], check=True, capture_output=True, text=True
+            ).stdout
+        )
         for n in (args.items, 4 * args.items, 16 * args.items)
     ]
     out["matmul_gflops_after"] = machine_matmul()

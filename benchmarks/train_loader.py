@@ -42,8 +42,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -65,9 +66,13 @@ def base_overrides(args, work: Path) -> list[str]:
     work.mkdir(parents=True, exist_ok=True)
     model.write_text(BENCH_MODEL.format(base=ROOT / "conf" / "models" / "mmoe.yaml"))
     return [
-        "spark.show_progress=false", "spark.log_level=ERROR",
-        f"storage.warehouse={work / 'warehouse'}", f"model_config={model}",
-        f"training.window_days={args.train_days + 1}", "training.launcher=horovodrun", *args.overrides,
+        "spark.show_progress=false",
+        "spark.log_level=ERROR",
+        f"storage.warehouse={work / 'warehouse'}",
+        f"model_config={model}",
+        f"training.window_days={args.train_days + 1}",
+        "training.launcher=horovodrun",
+        *args.overrides,
     ]
 
 
@@ -99,20 +104,33 @@ def prepare(args, spark, cfg) -> tuple[dt.date, dict[str, Any]]:
         raise SystemExit(f"{src_examples} has no rows")
     src = snapshot_files(spark, src_examples, last, last)
     days = [last - dt.timedelta(days=args.train_days - 1 - k) for k in range(args.train_days + 1)]
-    facts = {"source": str(source), "source_ds": last.isoformat(), "source_rows": src.rows,
-             "source_files": len(src.files), "days": [d.isoformat() for d in days]}
+    facts = {
+        "source": str(source),
+        "source_ds": last.isoformat(),
+        "source_rows": src.rows,
+        "source_files": len(src.files),
+        "days": [d.isoformat() for d in days],
+    }
     warehouse = Path(cfg.storage.warehouse)
     marker = warehouse / "_PREPARED.json"
     if marker.exists() and json.loads(marker.read_text()) == facts:
         print(f"reusing {warehouse}", flush=True)
     else:
         shutil.rmtree(warehouse, ignore_errors=True)
-        print(f"copying {src.rows:,} rows of ds {last} ({len(src.files)} files) to ds {days[0]}..{days[-1]} "
-              f"under {warehouse}", flush=True)
+        print(
+            f"copying {src.rows:,} rows of ds {last} ({len(src.files)} files) to ds {days[0]}..{days[-1]} "
+            f"under {warehouse}",
+            flush=True,
+        )
         rows = spark.read.format("delta").load(src_examples).where(F.col("ds") == F.lit(last))
         for day in days:
-            delta_io.replace_partition(spark, rows.withColumn("ds", F.lit(day)).repartition(len(src.files)),
-                                       TRAINING_EXAMPLES, TRAINING_EXAMPLES.path(cfg.storage), day)
+            delta_io.replace_partition(
+                spark,
+                rows.withColumn("ds", F.lit(day)).repartition(len(src.files)),
+                TRAINING_EXAMPLES,
+                TRAINING_EXAMPLES.path(cfg.storage),
+                day,
+            )
         stats = spark.read.format("delta").load(str(source / FEATURE_STATS.name)).where(F.col("ds") == F.lit(last))
         delta_io.replace_partition(spark, stats, FEATURE_STATS, FEATURE_STATS.path(cfg.storage), last)
         marker.write_text(json.dumps(facts))
@@ -148,15 +166,15 @@ class Waits:
 def in_process(args, plan) -> dict[str, Any]:
     import pyarrow.parquet as pq
     import torch
-
     from model_train import reference_config, reference_fields, synthetic_batches
-    from mtl.data.loader import ExampleBatches, in_memory_batches, input_columns
-    from mtl.features.schema import model_fields
-    from mtl.models import MultiTaskLoss, build_model
-    from mtl.models.config import ModelConfig
+
     from mtl.config import parse_typed
-    from mtl.models.features import dense_feature_stats
-    from mtl.train.checkpoint import seed_everything
+    from mtl.data.loader import ExampleBatches, in_memory_batches, input_columns
+    from mtl.models import MultiTaskLoss, build_model
+    from mtl.models.embedding import dense_feature_stats
+    from mtl.models.model_config import ModelConfig
+    from mtl.schema import model_fields
+    from mtl.seeds import seed_everything
     from mtl.train.trainer import Trainer
 
     if args.threads:
@@ -167,8 +185,9 @@ def in_process(args, plan) -> dict[str, Any]:
     rows = plan.train_rows
 
     def reader(prepare_ahead: bool = True) -> ExampleBatches:
-        return ExampleBatches(plan.train_files, bs, seed=seed, workers_count=plan.reader_workers,
-                              prepare_ahead=prepare_ahead)
+        return ExampleBatches(
+            plan.train_files, bs, seed=seed, workers_count=plan.reader_workers, prepare_ahead=prepare_ahead
+        )
 
     def trainer() -> Trainer:
         seed_everything(seed)
@@ -184,16 +203,23 @@ def in_process(args, plan) -> dict[str, Any]:
     convert_s = time.perf_counter() - start
     assert sum(len(b["click"]) for b in memory) == rows == len(frame), (rows, len(frame))
     del frame
-    print(f"in memory: {rows:,} rows read by pyarrow in {read_s:.1f} s, converted to {len(memory)} batches "
-          f"in {convert_s:.1f} s", flush=True)
+    print(
+        f"in memory: {rows:,} rows read by pyarrow in {read_s:.1f} s, converted to {len(memory)} batches "
+        f"in {convert_s:.1f} s",
+        flush=True,
+    )
 
     # 0: the model of benchmarks/model_train.py (sparse + SparseAdam), the model-library benchmark.
     ref_fields = reference_fields()
     ref_batches = synthetic_batches(ref_fields, 20 * 2048, 2048, seed=0)
     ref_cfg = reference_config(100_000, 2048, sparse=True)
     seed_everything(0)
-    ref = Trainer(build_model(ref_cfg, ref_fields, dense_feature_stats(torch.cat([b["dense"] for b in ref_batches]))),
-                  MultiTaskLoss(ref_cfg), ref_cfg, progress=False)
+    ref = Trainer(
+        build_model(ref_cfg, ref_fields, dense_feature_stats(torch.cat([b["dense"] for b in ref_batches]))),
+        MultiTaskLoss(ref_cfg),
+        ref_cfg,
+        progress=False,
+    )
 
     streamed, in_mem = trainer(), trainer()
     # Warm-up: allocator, optimiser state, Petastorm and pyarrow first-call costs.
@@ -203,7 +229,8 @@ def in_process(args, plan) -> dict[str, Any]:
         streamed.fit(lambda e: itertools.islice(warm.epoch(e), 3))
 
     rates: dict[str, list[float]] = {
-        k: [] for k in ("model_library", "reader", "reader_train", "reader_train_inline", "in_memory")}
+        k: [] for k in ("model_library", "reader", "reader_train", "reader_train_inline", "in_memory")
+    }
     waits: list[float] = []
     firsts: list[float] = []
     for repeat in range(args.repeats):
@@ -222,7 +249,7 @@ def in_process(args, plan) -> dict[str, Any]:
         w = Waits()
         with reader() as batches:
             t = time.perf_counter()
-            streamed.fit(lambda e: w.wrap(batches.epoch(e)))
+            streamed.fit(lambda e, w=w: w.wrap(batches.epoch(e)))
             seconds = time.perf_counter() - t
         rates["reader_train"].append(rows / seconds)
         waits.append(w.seconds / seconds)
@@ -237,17 +264,30 @@ def in_process(args, plan) -> dict[str, Any]:
         t = time.perf_counter()
         in_mem.fit(memory)
         rates["in_memory"].append(rows / (time.perf_counter() - t))
-        print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items())
-              + f" rows/s; batch wait {waits[-1]:.0%} of reader + training (first batch {firsts[-1]:.0%})", flush=True)
+        print(
+            f"repeat {repeat + 1}: "
+            + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items())
+            + f" rows/s; batch wait {waits[-1]:.0%} of reader + training (first batch {firsts[-1]:.0%})",
+            flush=True,
+        )
     med = {k: statistics.median(v) for k, v in rates.items()}
-    return {"rows": rows, "batch_size": bs, "files": len(plan.train_files), "repeats": args.repeats,
-            "torch_threads": torch.get_num_threads(), "pyarrow_read_s": read_s, "in_memory_convert_s": convert_s,
-            "rates": rates, "median": med, "batch_wait_share": statistics.median(waits),
-            "first_batch_wait_share": statistics.median(firsts),
-            "reader_train_over_in_memory": med["reader_train"] / med["in_memory"],
-            "inline_over_in_memory": med["reader_train_inline"] / med["in_memory"],
-            "reader_over_in_memory": med["reader"] / med["in_memory"],
-            "reader_over_model_library": med["reader"] / med["model_library"]}
+    return {
+        "rows": rows,
+        "batch_size": bs,
+        "files": len(plan.train_files),
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "pyarrow_read_s": read_s,
+        "in_memory_convert_s": convert_s,
+        "rates": rates,
+        "median": med,
+        "batch_wait_share": statistics.median(waits),
+        "first_batch_wait_share": statistics.median(firsts),
+        "reader_train_over_in_memory": med["reader_train"] / med["in_memory"],
+        "inline_over_in_memory": med["reader_train_inline"] / med["in_memory"],
+        "reader_over_in_memory": med["reader"] / med["in_memory"],
+        "reader_over_model_library": med["reader"] / med["model_library"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,13 +295,25 @@ def in_process(args, plan) -> dict[str, Any]:
 
 
 def horovodrun(n: int, command: list[str]) -> list[str]:
-    return [str(VENV_BIN / "horovodrun"), "-np", str(n), "-H", f"localhost:{n}", "--gloo",
-            "--start-timeout", "120", *command]
+    return [
+        str(VENV_BIN / "horovodrun"),
+        "-np",
+        str(n),
+        "-H",
+        f"localhost:{n}",
+        "--gloo",
+        "--start-timeout",
+        "120",
+        *command,
+    ]
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-            "MTL_LOG_LEVEL": "INFO"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "MTL_LOG_LEVEL": "INFO",
+    }
 
 
 # Job log lines: "[rank]<stderr>:HH:MM:SS INFO logger: message" (horovodrun prefixes the rank).
@@ -282,8 +334,7 @@ def run_job(args, cfg, plan, overrides: list[str], n: int, label: str, logs: Pat
 
     from mtl import registry
 
-    command = [str(VENV_BIN / "python"), str(ROOT / "jobs" / "train.py"), "--conf", str(args.conf),
-               "--ds", plan.ds]
+    command = [str(VENV_BIN / "python"), str(ROOT / "jobs" / "train.py"), "--conf", str(args.conf), "--ds", plan.ds]
     for o in overrides + [f"training.checkpoint_dir=_ck_bench/{label}"]:
         command += ["--set", o]
     start = time.time()
@@ -303,12 +354,17 @@ def run_job(args, cfg, plan, overrides: list[str], n: int, label: str, logs: Pat
     window_rows = plan.model_config["trainer"]["log_every_steps"] * plan.model_config["trainer"]["batch_size"]
     logged_s = sum(window_rows / m.value for m in history)
     chief_rate = len(history) * window_rows / logged_s if history else float("nan")
-    return {"workers": n, "wall_s": wall, "steps_per_rank": steps,
-            "plan_s": begin - start if begin else None,
-            "train_and_validate_s": validated - begin if begin and validated else None,
-            "after_s": start + wall - validated if validated else None,
-            "windows": [m.value for m in history], "chief_examples_per_s": chief_rate,
-            "examples_per_s": chief_rate * n}
+    return {
+        "workers": n,
+        "wall_s": wall,
+        "steps_per_rank": steps,
+        "plan_s": begin - start if begin else None,
+        "train_and_validate_s": validated - begin if begin and validated else None,
+        "after_s": start + wall - validated if validated else None,
+        "windows": [m.value for m in history],
+        "chief_examples_per_s": chief_rate,
+        "examples_per_s": chief_rate * n,
+    }
 
 
 def run_split(plan_path: Path, n: int, out: Path, logs: Path) -> dict[str, Any]:
@@ -326,11 +382,11 @@ def split_worker(plan_path: str, out_path: str) -> int:
 
     from mtl.config import parse_typed
     from mtl.data.loader import ExampleBatches
-    from mtl.features.schema import model_fields
-    from mtl.models.config import ModelConfig
     from mtl.models.losses import MultiTaskLoss
     from mtl.models.model import build_model
-    from mtl.train.checkpoint import epoch_seed, seed_everything
+    from mtl.models.model_config import ModelConfig
+    from mtl.schema import model_fields
+    from mtl.seeds import epoch_seed, seed_everything
     from mtl.train.distributed import allgather_object, distribute, init_world
     from mtl.train.job import _scaled, _shard_epoch
     from mtl.train.trainer import build_optimizers
@@ -352,7 +408,9 @@ def split_worker(plan_path: str, out_path: str) -> int:
     bs = model_cfg.trainer.batch_size
     steps = max(1, math.ceil(plan.train_rows / (world.size * bs)))
     shard = dict(shard=world.rank, num_shards=world.size) if world.distributed else {}
-    train = ExampleBatches(plan.train_files, bs, seed=model_cfg.trainer.seed, workers_count=plan.reader_workers, **shard)
+    train = ExampleBatches(
+        plan.train_files, bs, seed=model_cfg.trainer.seed, workers_count=plan.reader_workers, **shard
+    )
     seed_everything(epoch_seed(model_cfg.trainer.seed, 0))
     model.train()
     loss_fn.train()
@@ -376,8 +434,13 @@ def split_worker(plan_path: str, out_path: str) -> int:
             torch.nn.utils.clip_grad_norm_(clipped, model_cfg.trainer.grad_clip_norm)
         optimizers.step()
         t5 = time.perf_counter()
-        for k, a, b in (("batch_wait", t0, t1), ("forward", t1, t2), ("backward", t2, t3),
-                        ("reduce_wait", t3, t4), ("update", t4, t5)):
+        for k, a, b in (
+            ("batch_wait", t0, t1),
+            ("forward", t1, t2),
+            ("backward", t2, t3),
+            ("reduce_wait", t3, t4),
+            ("update", t4, t5),
+        ):
             parts[k] += b - a
         rows += batch["click"].shape[0]
         if first_wait is None:
@@ -385,8 +448,16 @@ def split_worker(plan_path: str, out_path: str) -> int:
     total = time.perf_counter() - start
     batches.close()
     train.close()
-    mine = {"rank": world.rank, "size": world.size, "steps": steps, "rows": rows, "total_s": total,
-            "torch_threads": torch.get_num_threads(), "first_batch_wait": first_wait, **parts}
+    mine = {
+        "rank": world.rank,
+        "size": world.size,
+        "steps": steps,
+        "rows": rows,
+        "total_s": total,
+        "torch_threads": torch.get_num_threads(),
+        "first_batch_wait": first_wait,
+        **parts,
+    }
     everyone = allgather_object(mine, world, "bench.split")
     if world.is_chief:
         Path(out_path).write_text(json.dumps(sorted(everyone, key=lambda r: r["rank"])))
@@ -402,55 +473,78 @@ def print_report(args, facts, loader, splits, jobs, load_before, load_after) -> 
 
     m = loader["median"] if loader else {}
     print()
-    print(f"date {dt.date.today()}; {os.cpu_count()} cores ({cpu_model()}); "
-          f"load average before {load_before}, after {load_after}")
-    print(f"data: {facts['source_rows']:,} rows of ds {facts['source_ds']} from {facts['source']} "
-          f"({facts['source_files']} files), as ds {facts['days'][0]}..{facts['days'][-1]}")
+    print(
+        f"date {dt.date.today()}; {os.cpu_count()} cores ({cpu_model()}); "
+        f"load average before {load_before}, after {load_after}"
+    )
+    print(
+        f"data: {facts['source_rows']:,} rows of ds {facts['source_ds']} from {facts['source']} "
+        f"({facts['source_files']} files), as ds {facts['days'][0]}..{facts['days'][-1]}"
+    )
     if loader:
-        print(f"\ntraining days: {loader['rows']:,} rows in {loader['files']} files, batch {loader['batch_size']}, "
-              f"torch threads {loader['torch_threads']}, medians of {loader['repeats']} repeats\n")
+        print(
+            f"\ntraining days: {loader['rows']:,} rows in {loader['files']} files, batch {loader['batch_size']}, "
+            f"torch threads {loader['torch_threads']}, medians of {loader['repeats']} repeats\n"
+        )
         print("| measurement | rows/s (median) | all repeats |")
         print("|---|---:|---|")
-        names = {"model_library": "0. model-library model (model_train.py), in memory",
-                 "reader": "1. reader alone (ExampleBatches, Petastorm)",
-                 "reader_train": "2. reader + training (mmoe.yaml)",
-                 "reader_train_inline": "2b. the same, row groups prepared on the training thread",
-                 "in_memory": "3. in-memory training (mmoe.yaml)"}
+        names = {
+            "model_library": "0. model-library model (model_train.py), in memory",
+            "reader": "1. reader alone (ExampleBatches, Petastorm)",
+            "reader_train": "2. reader + training (mmoe.yaml)",
+            "reader_train_inline": "2b. the same, row groups prepared on the training thread",
+            "in_memory": "3. in-memory training (mmoe.yaml)",
+        }
         for k, name in names.items():
             print(f"| {name} | {m[k]:,.0f} | {', '.join(f'{v:,.0f}' for v in loader['rates'][k])} |")
-        print(f"\n(2)/(3) = {loader['reader_train_over_in_memory']:.0%} (target >= 80%), "
-              f"(2b)/(3) = {loader['inline_over_in_memory']:.0%}; "
-              f"(1)/(3) = {loader['reader_over_in_memory']:.1f}x, (1)/(0) = {loader['reader_over_model_library']:.1f}x "
-              f"(target >= 2x); batch wait = {loader['batch_wait_share']:.0%} of (2), "
-              f"{loader['first_batch_wait_share']:.0%} of (2) before the first batch")
+        print(
+            f"\n(2)/(3) = {loader['reader_train_over_in_memory']:.0%} (target >= 80%), "
+            f"(2b)/(3) = {loader['inline_over_in_memory']:.0%}; "
+            f"(1)/(3) = {loader['reader_over_in_memory']:.1f}x, (1)/(0) = {loader['reader_over_model_library']:.1f}x "
+            f"(target >= 2x); batch wait = {loader['batch_wait_share']:.0%} of (2), "
+            f"{loader['first_batch_wait_share']:.0%} of (2) before the first batch"
+        )
     if splits:
         print("\ntimed loop under horovodrun, one epoch (seconds per rank; share of the rank's loop):\n")
-        print("| workers | threads | rank | steps | rows | loop s | rows/s (all ranks) | batch wait (first) | forward "
-              "| backward | reduce wait | update |")
+        print(
+            "| workers | threads | rank | steps | rows | loop s | rows/s (all ranks) | batch wait (first) | forward "
+            "| backward | reduce wait | update |"
+        )
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for n, ranks in splits.items():
             total_rows = sum(r["rows"] for r in ranks)
             slowest = max(r["total_s"] for r in ranks)
             for r in ranks:
-                cells = [f"{r[k]:.1f} ({r[k] / r['total_s']:.0%})"
-                         for k in ("batch_wait", "forward", "backward", "reduce_wait", "update")]
+                cells = [
+                    f"{r[k]:.1f} ({r[k] / r['total_s']:.0%})"
+                    for k in ("batch_wait", "forward", "backward", "reduce_wait", "update")
+                ]
                 cells[0] += f", first {r['first_batch_wait']:.1f}"
-                print(f"| {n} | {r['torch_threads']} | {r['rank']} | {r['steps']} | {r['rows']:,} | {r['total_s']:.1f} | "
-                      f"{total_rows / slowest:,.0f} | {' | '.join(cells)} |")
+                print(
+                    f"| {n} | {r['torch_threads']} | {r['rank']} | {r['steps']} | {r['rows']:,} | {r['total_s']:.1f} | "
+                    f"{total_rows / slowest:,.0f} | {' | '.join(cells)} |"
+                )
     if jobs:
         print("\ntrain job under horovodrun (examples/s: the chief's logged windows x workers):\n")
-        print("| workers | wall s | start + plan (Spark) s | train epoch + validate s | final validate + register s "
-              "| examples/s |")
+        print(
+            "| workers | wall s | start + plan (Spark) s | train epoch + validate s | final validate + register s "
+            "| examples/s |"
+        )
         print("|---:|---:|---:|---:|---:|---:|")
         for j in jobs:
-            cells = " | ".join("?" if j[k] is None else f"{j[k]:.0f}" for k in ("plan_s", "train_and_validate_s", "after_s"))
+            cells = " | ".join(
+                "?" if j[k] is None else f"{j[k]:.0f}" for k in ("plan_s", "train_and_validate_s", "after_s")
+            )
             print(f"| {j['workers']} | {j['wall_s']:.0f} | {cells} | {j['examples_per_s']:,.0f} |")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--warehouse", help="a warehouse holding training_examples and feature_stats (only read); "
-                                            "default: generate a small world under --work")
+    parser.add_argument(
+        "--warehouse",
+        help="a warehouse holding training_examples and feature_stats (only read); "
+        "default: generate a small world under --work",
+    )
     parser.add_argument("--work", default=str(DEFAULT_WORK), help=f"bench warehouse and logs (default {DEFAULT_WORK})")
     parser.add_argument("--train-days", type=int, default=1, help="training days (copies of the source day)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of 0-3, alternating")
@@ -461,8 +555,14 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads in process (default: torch's)")
     parser.add_argument("--gen-users", type=int, default=2000, help="users of the generated world (no --warehouse)")
     parser.add_argument("--conf", default=str(ROOT / "conf" / "local.yaml"))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for planning and the job (e.g. training.torch_threads=1)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for planning and the job (e.g. training.torch_threads=1)",
+    )
     parser.add_argument("--split-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.split_worker:
@@ -482,28 +582,45 @@ def main() -> int:
     ds, facts = prepare(args, spark, cfg)
     plan = plan_training(spark, cfg, ds, "full")
     spark.stop()
-    print(f"job --ds {ds}: train {plan.train_days[0]}..{plan.train_days[1]} ({plan.train_rows:,} rows, "
-          f"{len(plan.train_files)} files), validate {plan.val_day}", flush=True)
+    print(
+        f"job --ds {ds}: train {plan.train_days[0]}..{plan.train_days[1]} ({plan.train_rows:,} rows, "
+        f"{len(plan.train_files)} files), validate {plan.val_day}",
+        flush=True,
+    )
     plan_path = work / "plan.pkl"
     plan_path.write_bytes(pickle.dumps(plan))
 
     loader = None if args.no_loader else in_process(args, plan)
     splits = {n: run_split(plan_path, n, work / f"split_np{n}.json", logs) for n in args.workers}
     for n, ranks in splits.items():
-        print(f"timed loop, {n} worker(s): " + "; ".join(
-            f"rank {r['rank']} {r['total_s']:.1f} s (reduce wait {r['reduce_wait']:.1f} s)" for r in ranks), flush=True)
+        print(
+            f"timed loop, {n} worker(s): "
+            + "; ".join(f"rank {r['rank']} {r['total_s']:.1f} s (reduce wait {r['reduce_wait']:.1f} s)" for r in ranks),
+            flush=True,
+        )
     jobs = []
     if not args.no_job:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for repeat in range(args.job_repeats):
             for n in args.workers:
                 jobs.append(run_job(args, cfg, plan, overrides, n, f"{stamp}-np{n}-r{repeat}", logs))
-                print(f"job, {n} worker(s): wall {jobs[-1]['wall_s']:.1f} s, "
-                      f"{jobs[-1]['examples_per_s']:,.0f} examples/s", flush=True)
+                print(
+                    f"job, {n} worker(s): wall {jobs[-1]['wall_s']:.1f} s, "
+                    f"{jobs[-1]['examples_per_s']:,.0f} examples/s",
+                    flush=True,
+                )
         shutil.rmtree(Path(cfg.storage.warehouse) / "_ck_bench", ignore_errors=True)
     load_after = os.getloadavg()[0]
-    result = {"facts": facts, "ds": ds.isoformat(), "loader": loader, "splits": splits, "jobs": jobs,
-              "load_before": load_before, "load_after": load_after, "argv": sys.argv[1:]}
+    result = {
+        "facts": facts,
+        "ds": ds.isoformat(),
+        "loader": loader,
+        "splits": splits,
+        "jobs": jobs,
+        "load_before": load_before,
+        "load_after": load_after,
+        "argv": sys.argv[1:],
+    }
     (work / "results.json").write_text(json.dumps(result, indent=2, default=str))
     print_report(args, facts, loader, splits, jobs, f"{load_before:.1f}", f"{load_after:.1f}")
     return 0

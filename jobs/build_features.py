@@ -1,8 +1,9 @@
-"""spark-submit entry point: events -> feature tables and training examples. See `python jobs/build_features.py --help`."""
+"""spark-submit entry point: events -> feature tables and training examples.
+See `python jobs/build_features.py --help`."""
 
 import sys
 
-from mtl.features.job import main
+from mtl.cli.build_features import main
 
 if __name__ == "__main__":
     sys.exit(main())

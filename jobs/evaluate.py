@@ -3,7 +3,7 @@ See `python jobs/evaluate.py --help`."""
 
 import sys
 
-from mtl.evaluate.job import main
+from mtl.cli.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from mtl.generate.job import main
+from mtl.cli.generate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from mtl.ingest.job import main
+from mtl.cli.ingest import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@ See `python jobs/publish.py --help`."""
 
 import sys
 
-from mtl.evaluate.publish import main
+from mtl.cli.publish import main
 
 if __name__ == "__main__":
     sys.exit(main())

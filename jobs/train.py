@@ -3,7 +3,7 @@ See `python jobs/train.py --help`."""
 
 import sys
 
-from mtl.train.job import main
+from mtl.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

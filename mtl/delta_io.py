@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
@@ -60,15 +61,8 @@ def insert_new_rows(
     if not values:
         return 0
     in_list = ", ".join(f"'{v.isoformat() if hasattr(v, 'isoformat') else v}'" for v in values)
-    condition = (
-        f"t.{partition_col} IN ({in_list}) AND t.{partition_col} = s.{partition_col} AND t.{key} = s.{key}"
-    )
-    metrics = (
-        target.alias("t")
-        .merge(conform(df, spec).alias("s"), condition)
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    condition = f"t.{partition_col} IN ({in_list}) AND t.{partition_col} = s.{partition_col} AND t.{key} = s.{key}"
+    metrics = target.alias("t").merge(conform(df, spec).alias("s"), condition).whenNotMatchedInsertAll().execute()
     if metrics is not None and "num_inserted_rows" in metrics.columns:
         return int(metrics.first()["num_inserted_rows"])
     last = target.history(1).select("operationMetrics").first()[0]

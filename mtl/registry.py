@@ -380,3 +380,9 @@ def _check_version(client: MlflowClient, name: str, version: str) -> None:
         if exc.error_code == _DOES_NOT_EXIST:
             raise JobError(f"registered model {name!r} has no version {version}") from None
         raise
+
+
+def is_superseded(version: str, champion: Optional[str]) -> bool:
+    """True when the champion is a newer registered version than ``version``: publishing
+    ``version`` would roll the published model back (a rerun of an older ds)."""
+    return champion is not None and int(champion) > int(version)

@@ -62,7 +62,9 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
     log.info(
-        "Spark %s, master %s%s", spark.version, spark.sparkContext.master,
+        "Spark %s, master %s%s",
+        spark.version,
+        spark.sparkContext.master,
         " (from spark-submit)" if under_spark_submit() else "",
     )
     return spark

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from pyspark.sql import types as T
 
+from mtl import schema as fs
 from mtl.config import StorageConfig
-from mtl.features import schema as fs
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,9 @@ EVENTS_QUARANTINE = TableSpec(
         Column("raw_record", T.StringType(), True, "The raw line, or the raw row as JSON."),
         Column("reason", T.StringType(), False, "Reason code, e.g. MALFORMED_RECORD, TIMESTAMP_OUT_OF_RANGE."),
         Column("detail", T.StringType(), True, "The offending value, where there is one."),
-        Column("run_rejected", T.BooleanType(), False, "True when the run failed its quarantine limit and wrote no events."),
+        Column(
+            "run_rejected", T.BooleanType(), False, "True when the run failed its quarantine limit and wrote no events."
+        ),
         Column("quarantined_at", T.TimestampType(), False, "When the run wrote the row (UTC)."),
         Column("ingest_date", T.DateType(), False, "UTC date of quarantined_at."),
     ),
@@ -113,7 +115,7 @@ PIPELINE_RUNS = TableSpec(
 
 
 # ---------------------------------------------------------------------------------------------
-# feature tables (column names come from mtl/features/schema.py)
+# feature tables (column names come from mtl/schema.py)
 
 _DESCRIPTIONS = {
     "ctr_30d": "Smoothed clicks / impressions over 30 days (0 when the log has no impressions).",
@@ -130,10 +132,17 @@ _DESCRIPTIONS = {
     "repurchase_rate": "Smoothed share of the item's buyers who bought it on two or more days.",
     "price": "Mean recorded price (0 if unknown).",
     "age_days": "Days since the item was first seen.",
-    "purchase_cycle_ratio": "Days since last purchase / mean purchase interval (about 1: due to rebuy; 0 with fewer than two purchases).",
+    "purchase_cycle_ratio": (
+        "Days since last purchase / mean purchase interval (about 1: due to rebuy; 0 with fewer than two purchases)."
+    ),
     "interactions_30d": "Interactions (views, clicks, favs, carts, purchases) over 30 days.",
 }
-_SIDE = {"u": "The user's", "i": "The item's", "uc": "The user's, in this category,", "ui": "The user's, with this item,"}
+_SIDE = {
+    "u": "The user's",
+    "i": "The item's",
+    "uc": "The user's, in this category,",
+    "ui": "The user's, with this item,",
+}
 
 
 def _describe(name: str) -> str:
@@ -143,7 +152,7 @@ def _describe(name: str) -> str:
         return _DESCRIPTIONS[rest]
     what, _, window = rest.rpartition("_")
     noun = f"{what} events" if what in fs.EVENT_TYPES else what
-    days = window.rstrip('d')
+    days = window.rstrip("d")
     return f"{_SIDE[prefix]} {noun} in the {days} day{'s' if days != '1' else ''} before D."
 
 
@@ -162,9 +171,19 @@ USER_FEATURES = TableSpec(
     columns=(
         Column("user_id", T.StringType(), False, "User id."),
         *_dense(fs.USER_DENSE),
-        Column("hist_item_ids", _ID_ARRAY, True, f"The last {fs.HISTORY_LENGTH} distinct items the user interacted with, newest first."),
+        Column(
+            "hist_item_ids",
+            _ID_ARRAY,
+            True,
+            f"The last {fs.HISTORY_LENGTH} distinct items the user interacted with, newest first.",
+        ),
         Column("hist_category_ids", _ID_ARRAY, True, "Categories of hist_item_ids, in the same order."),
-        Column("u_top_category_ids", _ID_ARRAY, True, f"The user's top {fs.TOP_CATEGORIES} categories by interactions over 30 days."),
+        Column(
+            "u_top_category_ids",
+            _ID_ARRAY,
+            True,
+            f"The user's top {fs.TOP_CATEGORIES} categories by interactions over 30 days.",
+        ),
         DS,
     ),
 )
@@ -190,7 +209,9 @@ USER_CATEGORY_FEATURES = TableSpec(
         Column("user_id", T.StringType(), False, "User id."),
         Column("category_id", T.StringType(), False, "Category id."),
         *_dense(fs.USER_CATEGORY_DENSE),
-        Column("uc_last_purchase_ts", T.TimestampType(), True, "Time of the user's last purchase in the category (UTC)."),
+        Column(
+            "uc_last_purchase_ts", T.TimestampType(), True, "Time of the user's last purchase in the category (UTC)."
+        ),
         DS,
     ),
 )
@@ -222,21 +243,42 @@ TRAINING_EXAMPLES = TableSpec(
         Column("item_id", T.StringType(), True, "Item id (null on repurchase_category rows)."),
         Column("category_id", T.StringType(), True, "Category id (the item's, or the row's category)."),
         Column("row_kind", T.StringType(), False, "exposure, repurchase_item or repurchase_category."),
-        Column("is_sampled_negative", T.BooleanType(), False, "True for negatives sampled for a log without impressions."),
+        Column(
+            "is_sampled_negative", T.BooleanType(), False, "True for negatives sampled for a log without impressions."
+        ),
         Column("user_hash", T.LongType(), False, "xxhash64 of user_id (0 if missing): the model's id input."),
         Column("item_hash", T.LongType(), False, "xxhash64 of item_id (0 if missing)."),
         Column("category_hash", T.LongType(), False, "xxhash64 of category_id (0 if missing)."),
         Column("row_kind_code", T.LongType(), False, "1, 2, 3 for exposure, repurchase_item, repurchase_category."),
-        Column("hist_item_hashes", _HASH_ARRAY, False, f"Hashes of the user's last {fs.HISTORY_LENGTH} items before ds, padded with 0."),
+        Column(
+            "hist_item_hashes",
+            _HASH_ARRAY,
+            False,
+            f"Hashes of the user's last {fs.HISTORY_LENGTH} items before ds, padded with 0.",
+        ),
         Column("hist_category_hashes", _HASH_ARRAY, False, "Hashes of their categories, padded with 0."),
         Column("hist_length", T.IntegerType(), False, "How many entries of the history are real (not padding)."),
         Column("u_top_category_hashes", _HASH_ARRAY, False, "Hashes of the user's top categories, padded with 0."),
         *_dense(fs.dense_columns()),
-        Column("click", T.IntegerType(), True, "Exposure rows: 1 if the user interacted with the item on ds (null on other rows)."),
-        Column("purchase", T.IntegerType(), True, "Exposure rows: 1 if the user clicked and bought the item on ds (CTCVR label)."),
+        Column(
+            "click",
+            T.IntegerType(),
+            True,
+            "Exposure rows: 1 if the user interacted with the item on ds (null on other rows).",
+        ),
+        Column(
+            "purchase",
+            T.IntegerType(),
+            True,
+            "Exposure rows: 1 if the user clicked and bought the item on ds (CTCVR label).",
+        ),
         *(
-            Column(f"repurchase_{n}d", T.IntegerType(), True,
-                   f"Repurchase rows: 1 if bought again in [ds, ds+{n}d); null if that window is not fully observed yet.")
+            Column(
+                f"repurchase_{n}d",
+                T.IntegerType(),
+                True,
+                f"Repurchase rows: 1 if bought again in [ds, ds+{n}d); null if that window is not fully observed yet.",
+            )
             for n in fs.REPURCHASE_HORIZONS_DAYS
         ),
         DS,
@@ -264,7 +306,12 @@ FEATURE_STATS = TableSpec(
 )
 
 FEATURE_TABLES = (
-    USER_FEATURES, ITEM_FEATURES, USER_CATEGORY_FEATURES, USER_ITEM_FEATURES, TRAINING_EXAMPLES, FEATURE_STATS,
+    USER_FEATURES,
+    ITEM_FEATURES,
+    USER_CATEGORY_FEATURES,
+    USER_ITEM_FEATURES,
+    TRAINING_EXAMPLES,
+    FEATURE_STATS,
 )
 
 MODEL_METRICS = TableSpec(
@@ -277,17 +324,33 @@ MODEL_METRICS = TableSpec(
     columns=(
         Column("run_id", T.StringType(), False, "The evaluate run (see pipeline_runs)."),
         Column("model_version", T.StringType(), False, "Registered version the run evaluated (the candidate)."),
-        Column("model_kind", T.StringType(), False,
-               "Whose predictions: multi_task (the candidate), champion (the published version on the same rows), "
-               "popularity, category_popularity, als, logistic_regression, gbt, single_task, recency_frequency."),
-        Column("scored_version", T.StringType(), True,
-               "Registered version that made the predictions (multi_task, champion); null for baselines."),
-        Column("task", T.StringType(), False,
-               "click, purchase (CTCVR over exposures), purchase_cvr (clicked exposures), repurchase_<N>d, "
-               "or retrieval (next items over the whole catalogue)."),
-        Column("metric", T.StringType(), False,
-               "auc, gauc (per-user AUC, weighted by rows), log_loss, calibration (mean prediction / mean label); "
-               "retrieval: recall, ndcg, hit_rate (at k), mrr."),
+        Column(
+            "model_kind",
+            T.StringType(),
+            False,
+            "Whose predictions: multi_task (the candidate), champion (the published version on the same rows), "
+            "popularity, category_popularity, als, logistic_regression, gbt, single_task, recency_frequency.",
+        ),
+        Column(
+            "scored_version",
+            T.StringType(),
+            True,
+            "Registered version that made the predictions (multi_task, champion); null for baselines.",
+        ),
+        Column(
+            "task",
+            T.StringType(),
+            False,
+            "click, purchase (CTCVR over exposures), purchase_cvr (clicked exposures), repurchase_<N>d, "
+            "or retrieval (next items over the whole catalogue).",
+        ),
+        Column(
+            "metric",
+            T.StringType(),
+            False,
+            "auc, gauc (per-user AUC, weighted by rows), log_loss, calibration (mean prediction / mean label); "
+            "retrieval: recall, ndcg, hit_rate (at k), mrr.",
+        ),
         Column("k", T.IntegerType(), True, "K of a ranking metric; null otherwise."),
         Column("value", T.DoubleType(), True, "The metric; null when undefined (e.g. AUC without positives)."),
         Column("n_examples", T.LongType(), False, "Labelled rows (binary tasks) or users ranked (retrieval)."),
@@ -310,11 +373,19 @@ DAILY_RECOMMENDATIONS = TableSpec(
         Column("rank", T.IntegerType(), False, "Position in the user's list: 1 is the best; 1..n without gaps."),
         Column("item_id", T.StringType(), False, "Recommended item."),
         Column("category_id", T.StringType(), True, "The item's category (null if unknown)."),
-        Column("score", T.DoubleType(), False,
-               "Ranking score pCTR x pCVR^alpha x price^beta (scoring.alpha, scoring.beta); the list is ordered by it."),
+        Column(
+            "score",
+            T.DoubleType(),
+            False,
+            "Ranking score pCTR x pCVR^alpha x price^beta (scoring.alpha, scoring.beta); the list is ordered by it.",
+        ),
         Column("p_click", T.DoubleType(), False, "Predicted probability that the user clicks the item when shown it."),
-        Column("p_purchase", T.DoubleType(), False,
-               "Predicted probability that the user clicks and buys the item when shown it (CTCVR)."),
+        Column(
+            "p_purchase",
+            T.DoubleType(),
+            False,
+            "Predicted probability that the user clicks and buys the item when shown it (CTCVR).",
+        ),
         Column("model_version", T.StringType(), False, "Registered model version that scored the row."),
     ),
 )
@@ -333,11 +404,20 @@ REPURCHASE_PREDICTIONS = TableSpec(
         Column("item_id", T.StringType(), True, "The item bought before; null on a category row."),
         Column("category_id", T.StringType(), True, "The item's category, or the category of a category row."),
         *(
-            Column(f"p_repurchase_{n}d", T.DoubleType(), True,
-                   f"Predicted probability of buying it again in [ds, ds+{n}d); null if the model has no such task.")
+            Column(
+                f"p_repurchase_{n}d",
+                T.DoubleType(),
+                True,
+                f"Predicted probability of buying it again in [ds, ds+{n}d); null if the model has no such task.",
+            )
             for n in fs.REPURCHASE_HORIZONS_DAYS
         ),
-        Column("days_since_last_purchase", T.IntegerType(), False, "Days from the last purchase to ds (1 = the day before)."),
+        Column(
+            "days_since_last_purchase",
+            T.IntegerType(),
+            False,
+            "Days from the last purchase to ds (1 = the day before).",
+        ),
         Column("model_version", T.StringType(), False, "Registered model version that scored the row."),
     ),
 )

@@ -3,8 +3,8 @@ whose warehouse is a fresh temporary folder for each test."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

@@ -15,18 +15,26 @@ from mtl import registry
 from mtl.config import Config
 from mtl.data.loader import ExampleBatches
 from mtl.data.snapshot import snapshot_files
-from mtl.features.schema import LABELS, model_fields
-from mtl.models.config import load_model_config
+from mtl.models.artifacts import read_feature_stats, save_model
 from mtl.models.losses import MultiTaskLoss
 from mtl.models.model import build_model
+from mtl.models.model_config import load_model_config
+from mtl.schema import LABELS, model_fields
+from mtl.seeds import seed_everything
 from mtl.tables import TRAINING_EXAMPLES
-from mtl.train.artifacts import read_feature_stats, save_model
-from mtl.train.checkpoint import seed_everything
 from mtl.train.trainer import Trainer
 
 
-def register_model(spark, cfg: Config, ds: dt.date, train_from: dt.date, train_to: dt.date, *,
-                   shuffle_labels: bool = False, seed: int = 0) -> str:
+def register_model(
+    spark,
+    cfg: Config,
+    ds: dt.date,
+    train_from: dt.date,
+    train_to: dt.date,
+    *,
+    shuffle_labels: bool = False,
+    seed: int = 0,
+) -> str:
     """Train on ds ``train_from..train_to`` (no validation: every epoch) for evaluation on ``ds``;
     returns the registered version."""
     snapshot = snapshot_files(spark, TRAINING_EXAMPLES.path(cfg.storage), train_from, train_to)
@@ -46,9 +54,15 @@ def register_model(spark, cfg: Config, ds: dt.date, train_from: dt.date, train_t
 
     fit = Trainer(model, MultiTaskLoss(model_cfg), model_cfg, progress=False).fit(epoch)
     metadata = {
-        "ds": ds.isoformat(), "mode": "full", "train_ds_from": train_from.isoformat(), "train_ds_to": train_to.isoformat(),
-        "val_ds": None, "tables_read": {TRAINING_EXAMPLES.name: snapshot.version}, "train_rows": snapshot.rows,
-        "fit": dataclasses.asdict(fit), "labels": "shuffled within batches" if shuffle_labels else "as recorded",
+        "ds": ds.isoformat(),
+        "mode": "full",
+        "train_ds_from": train_from.isoformat(),
+        "train_ds_to": train_to.isoformat(),
+        "val_ds": None,
+        "tables_read": {TRAINING_EXAMPLES.name: snapshot.version},
+        "train_rows": snapshot.rows,
+        "fit": dataclasses.asdict(fit),
+        "labels": "shuffled within batches" if shuffle_labels else "as recorded",
     }
     with tempfile.TemporaryDirectory(prefix="mtl-test-model-") as folder:
         save_model(folder, model, model_cfg, feature_stats, metadata)

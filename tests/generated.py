@@ -15,7 +15,7 @@ from tests.conftest import LOCAL_CONF, ROOT, TEST_OVERRIDES
 START = dt.date(2024, 3, 1)
 
 TINY_MODEL = f"""\
-extends: {ROOT / 'conf' / 'models' / 'mmoe.yaml'}
+extends: {ROOT / "conf" / "models" / "mmoe.yaml"}
 embedding:
   dim: 8
   buckets: {{user: 4096, item: 4096, category: 256, row_kind: 8}}
@@ -37,11 +37,20 @@ def world_overrides(root: Path, *overrides: str, users: int = 300, items: int = 
         model.write_text(TINY_MODEL)
     return TEST_OVERRIDES + [
         f"storage.warehouse={root / 'warehouse'}",
-        f"generator.output={root / 'raw'}", "generator.output_format=canonical", f"generator.users={users}",
-        f"generator.items={items}", "generator.categories=12", f"generator.days={days}",
-        f"generator.start_date={START}", "generator.users_per_block=300", "generator.partitions=2",
-        "ingest.format=canonical", f"ingest.input={root / 'raw' / 'events'}",
-        f"model_config={model}", "training.window_days=3", "training.torch_threads=1",
+        f"generator.output={root / 'raw'}",
+        "generator.output_format=canonical",
+        f"generator.users={users}",
+        f"generator.items={items}",
+        "generator.categories=12",
+        f"generator.days={days}",
+        f"generator.start_date={START}",
+        "generator.users_per_block=300",
+        "generator.partitions=2",
+        "ingest.format=canonical",
+        f"ingest.input={root / 'raw' / 'events'}",
+        f"model_config={model}",
+        "training.window_days=3",
+        "training.torch_threads=1",
         *overrides,
     ]
 

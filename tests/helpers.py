@@ -24,8 +24,21 @@ def runs(spark, cfg):
     return read_table(spark, cfg, PIPELINE_RUNS)
 
 
-def event_tuples(spark, cfg, columns=("user_id", "item_id", "category_id", "event_type", "event_ts",
-                                       "event_date", "quantity", "price", "source")):
+def event_tuples(
+    spark,
+    cfg,
+    columns=(
+        "user_id",
+        "item_id",
+        "category_id",
+        "event_type",
+        "event_ts",
+        "event_date",
+        "quantity",
+        "price",
+        "source",
+    ),
+):
     return sorted(tuple(r) for r in events(spark, cfg).select(*columns).collect())
 
 
@@ -41,9 +54,18 @@ def write_events(spark: SparkSession, cfg: Config, rows, source: str = "test") -
     for user, item, category, kind, ts, price, quantity in rows:
         when = dt.datetime.fromisoformat(ts)
         key = f"{user}|{item}|{kind}|{ts}|{price}|{quantity}"
-        records.append({
-            "event_id": hashlib.md5(key.encode()).hexdigest(), "user_id": user, "item_id": item,
-            "category_id": category, "event_type": kind, "event_ts": when, "event_date": when.date(),
-            "quantity": quantity, "price": price, "source": source,
-        })
+        records.append(
+            {
+                "event_id": hashlib.md5(key.encode()).hexdigest(),
+                "user_id": user,
+                "item_id": item,
+                "category_id": category,
+                "event_type": kind,
+                "event_ts": when,
+                "event_date": when.date(),
+                "quantity": quantity,
+                "price": price,
+                "source": source,
+            }
+        )
     delta_io.append(spark, spark.createDataFrame(records, EVENTS.schema), EVENTS, EVENTS.path(cfg.storage))

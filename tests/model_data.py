@@ -8,16 +8,17 @@ feature "purchase cycle ratio" is near 1. The true probabilities give the oracle
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import pytest
 import torch
 
-from mtl.features.schema import MISSING_LABEL, Field
-from mtl.models.config import ModelConfig, load_model_config
+from mtl.models.model_config import ModelConfig, load_model_config
+from mtl.schema import MISSING_LABEL, Field
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONF = ROOT / "conf" / "models"
@@ -48,24 +49,27 @@ def one_torch_thread() -> Iterator[None]:
 
 def model_config(name: str = "mmoe", *overrides: str) -> ModelConfig:
     """conf/models/<name>.yaml sized for the test world."""
-    return load_model_config(MODEL_CONF / f"{name}.yaml", [
-        "embedding.dim=8",
-        "embedding.buckets={user: 2003, item: 1009, category: 53, row_kind: 8}",
-        "architecture.expert_units=[32]",
-        "architecture.bottom_units=[32]",
-        "architecture.tower_units=[16]",
-        "architecture.dropout=0.0",
-        "tasks=[{label: click}, {label: purchase}, {label: repurchase_7d}]",
-        "retrieval.dim=16",
-        "retrieval.tower_units=[32]",
-        "retrieval.temperature=0.1",
-        "retrieval.frequency_buckets=4096",
-        "optimizer.lr=0.003",
-        "optimizer.sparse_lr=0.03",
-        "trainer.checkpoint_every_steps=0",
-        "trainer.log_every_steps=20",
-        *overrides,
-    ])
+    return load_model_config(
+        MODEL_CONF / f"{name}.yaml",
+        [
+            "embedding.dim=8",
+            "embedding.buckets={user: 2003, item: 1009, category: 53, row_kind: 8}",
+            "architecture.expert_units=[32]",
+            "architecture.bottom_units=[32]",
+            "architecture.tower_units=[16]",
+            "architecture.dropout=0.0",
+            "tasks=[{label: click}, {label: purchase}, {label: repurchase_7d}]",
+            "retrieval.dim=16",
+            "retrieval.tower_units=[32]",
+            "retrieval.temperature=0.1",
+            "retrieval.frequency_buckets=4096",
+            "optimizer.lr=0.003",
+            "optimizer.sparse_lr=0.03",
+            "trainer.checkpoint_every_steps=0",
+            "trainer.log_every_steps=20",
+            *overrides,
+        ],
+    )
 
 
 def random_hashes(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -100,16 +104,25 @@ class World:
         affinity = np.exp(2.0 * user_vec @ item_vec.T) * pop
         history = np.stack([rng.choice(items, HISTORY, replace=False, p=a / a.sum()) for a in affinity])
         return cls(
-            user_vec, item_vec, pop, rng.integers(0, categories, items), rng.lognormal(3.0, 1.0, items),
-            rng.gamma(2.0, 5.0, users), history,
-            random_hashes(rng, users), random_hashes(rng, items), random_hashes(rng, categories),
+            user_vec,
+            item_vec,
+            pop,
+            rng.integers(0, categories, items),
+            rng.lognormal(3.0, 1.0, items),
+            rng.gamma(2.0, 5.0, users),
+            history,
+            random_hashes(rng, users),
+            random_hashes(rng, items),
+            random_hashes(rng, categories),
         )
 
     @property
     def items(self) -> int:
         return len(self.item_vec)
 
-    def sample(self, rows: int, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    def sample(
+        self, rows: int, seed: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """``rows`` exposures: the batch, the true probability per task, user and item indices."""
         rng = np.random.default_rng(seed)
         u = rng.integers(0, len(self.user_vec), rows)
@@ -132,7 +145,9 @@ class World:
             "item_hash": torch.from_numpy(self.item_hash[i]),
             "category_hash": torch.from_numpy(self.cat_hash[self.item_cat[i]]),
             "row_kind_code": torch.from_numpy(np.where(has_repurchase, 2, 1).astype(np.int64)),
-            "dense": torch.from_numpy(np.stack([self.user_activity[u], self.item_price[i], ratio], 1).astype(np.float32)),
+            "dense": torch.from_numpy(
+                np.stack([self.user_activity[u], self.item_price[i], ratio], 1).astype(np.float32)
+            ),
             "click": torch.from_numpy(click.astype(np.float32)),
             "purchase": torch.from_numpy(purchase.astype(np.float32)),
             "repurchase_7d": torch.from_numpy(repurchase.astype(np.float32)),
@@ -166,7 +181,7 @@ def iterate(data: dict[str, torch.Tensor], batch_size: int, shuffle: bool = True
     n = next(iter(data.values())).shape[0]
     order = torch.randperm(n) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         yield {k: v[index] for k, v in data.items()}
 
 

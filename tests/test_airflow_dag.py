@@ -25,8 +25,9 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from mtl.cli.check_outputs import main as check_outputs_main
 from mtl.pipeline import steps
-from mtl.pipeline.quality import OutputQualityError, check_outputs, main as check_outputs_main
+from mtl.pipeline.check_outputs import OutputQualityError, check_outputs
 from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
 from tests.conftest import LOCAL_CONF, ROOT, TEST_OVERRIDES
 from tests.generated import START, build_world, world_config, world_overrides
@@ -39,9 +40,16 @@ DAY = dt.timedelta(days=1)
 
 # Task ids and the edges between them.
 EDGES = {
-    ("ingest", "build_features"), ("build_features", "train"), ("train", "evaluate"), ("evaluate", "publish"),
-    ("publish", "gate_decision"), ("gate_decision", "use_new_model"), ("gate_decision", "keep_previous_model"),
-    ("use_new_model", "score"), ("keep_previous_model", "score"), ("score", "check_outputs"),
+    ("ingest", "build_features"),
+    ("build_features", "train"),
+    ("train", "evaluate"),
+    ("evaluate", "publish"),
+    ("publish", "gate_decision"),
+    ("gate_decision", "use_new_model"),
+    ("gate_decision", "keep_previous_model"),
+    ("use_new_model", "score"),
+    ("keep_previous_model", "score"),
+    ("score", "check_outputs"),
 }
 JOBS = ("ingest", "build_features", "train", "evaluate", "publish", "score", "check_outputs")
 
@@ -115,33 +123,50 @@ print("RESULT " + json.dumps({"state": str(getattr(run.state, "value", run.state
 
 def _require_airflow() -> None:
     if not AIRFLOW_PYTHON.exists():
-        pytest.fail(f"no Airflow environment at {AIRFLOW_VENV}: run `bash scripts/bootstrap_airflow.sh` "
-                    "(it creates .venv-airflow with the pinned Airflow and Spark provider)", pytrace=False)
+        pytest.fail(
+            f"no Airflow environment at {AIRFLOW_VENV}: run `bash scripts/bootstrap_airflow.sh` "
+            "(it creates .venv-airflow with the pinned Airflow and Spark provider)",
+            pytrace=False,
+        )
 
 
 def _airflow_env(home: Path, variable: Optional[dict] = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW_CONN_SPARK_LOCAL": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-    })
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k not in ("VIRTUAL_ENV", "PYTHONPATH")
+    }
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW_CONN_SPARK_LOCAL": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        }
+    )
     if variable is not None:
         env["AIRFLOW_VAR_MTL_RECSYS_DAILY"] = json.dumps(variable)
     return env
 
 
-def _run_airflow(home: Path, args: list[str], variable: Optional[dict] = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(AIRFLOW_PYTHON), *args], env=_airflow_env(home, variable), cwd=home,
-                          capture_output=True, text=True, timeout=timeout)
+def _run_airflow(
+    home: Path, args: list[str], variable: Optional[dict] = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(AIRFLOW_PYTHON), *args],
+        env=_airflow_env(home, variable),
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _result(proc: subprocess.CompletedProcess) -> Any:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if not lines:
-        pytest.fail(f"no result from Airflow (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-8000:]}", pytrace=False)
-    return json.loads(lines[-1][len("RESULT "):])
+        pytest.fail(
+            f"no result from Airflow (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-8000:]}", pytrace=False
+        )
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +198,10 @@ def _spark_settings(overrides: list[str], **extra: Any) -> dict:
 
 
 def test_dagbag_tasks_order_retries_and_timeouts(airflow_home, tmp_path):
-    settings = _spark_settings(["storage.warehouse=/data/wh", "scoring.k=20"],
-                               steps={"train": {"retries": 3, "spark_submit": {"driver_memory": "8g", "conf": {"a.b": "1"}}}})
+    settings = _spark_settings(
+        ["storage.warehouse=/data/wh", "scoring.k=20"],
+        steps={"train": {"retries": 3, "spark_submit": {"driver_memory": "8g", "conf": {"a.b": "1"}}}},
+    )
     typo = {"spark_con_id": "x"}
     proc = _run_airflow(airflow_home, ["-c", DAGBAG_SCRIPT, str(DAGS), json.dumps([settings, None, typo])])
     configured, defaults, broken = _result(proc)
@@ -209,8 +236,11 @@ def test_dagbag_tasks_order_retries_and_timeouts(airflow_home, tmp_path):
     assert tasks["evaluate"]["args"][-1] == tasks["publish"]["args"][-1] == "--trained-for-ds"
     assert tasks["score"]["args"][-1] == "--keep-scored-model"
     assert tasks["train"]["driver_memory"] == "8g" and tasks["score"]["driver_memory"] == "2g"
-    assert tasks["train"]["spark_conf"] == {"spark.pyspark.python": sys.executable,
-                                            "spark.pyspark.driver.python": sys.executable, "a.b": "1"}
+    assert tasks["train"]["spark_conf"] == {
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "a.b": "1",
+    }
     assert tasks["publish"]["retries"] == 0  # a refusal is final
     assert tasks["gate_decision"]["trigger_rule"] == "all_done"
     assert tasks["gate_decision"]["timeout_s"] == steps.DECISION_TIMEOUT.total_seconds()
@@ -234,8 +264,12 @@ def test_dagbag_tasks_order_retries_and_timeouts(airflow_home, tmp_path):
 
 def test_steps_module_is_standard_library_only_and_matches_the_jobs():
     tree = ast.parse((ROOT / "mtl" / "pipeline" / "steps.py").read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert imported - {"__future__"} <= set(sys.stdlib_module_names), imported
 
     from mtl.spark import delta_package
@@ -252,15 +286,27 @@ def test_steps_module_is_standard_library_only_and_matches_the_jobs():
 
 
 def test_settings_validation_and_arguments():
-    s = steps.load_settings({
-        "conf": "/etc/mtl/cluster.yaml", "overrides": ["a.b=1"],
-        "spark_submit": {"conf": {"x": "1"}, "env_vars": {"E": "1"}, "num_executors": 4},
-        "steps": {"train": {"timeout_minutes": 600, "spark_submit": {"conf": {"y": "2"}, "packages": None}}},
-    }, repo="/srv/mtl")
+    s = steps.load_settings(
+        {
+            "conf": "/etc/mtl/cluster.yaml",
+            "overrides": ["a.b=1"],
+            "spark_submit": {"conf": {"x": "1"}, "env_vars": {"E": "1"}, "num_executors": 4},
+            "steps": {"train": {"timeout_minutes": 600, "spark_submit": {"conf": {"y": "2"}, "packages": None}}},
+        },
+        repo="/srv/mtl",
+    )
     train = steps.BY_NAME["train"]
     assert s.application(train) == "/srv/mtl/jobs/train.py"
     assert s.application_args(train, ds="2024-03-09", train_mode="full") == [
-        "--conf", "/etc/mtl/cluster.yaml", "--set", "a.b=1", "--ds", "2024-03-09", "--mode", "full"]
+        "--conf",
+        "/etc/mtl/cluster.yaml",
+        "--set",
+        "a.b=1",
+        "--ds",
+        "2024-03-09",
+        "--mode",
+        "full",
+    ]
     assert s.spark_submit_args(train) == {"conf": {"x": "1", "y": "2"}, "env_vars": {"E": "1"}, "num_executors": 4}
     assert s.spark_submit_args(steps.BY_NAME["score"])["packages"] == steps.DELTA_PACKAGE
     assert s.timeout(train) == dt.timedelta(minutes=600) and s.retries(train) == train.retries
@@ -294,13 +340,18 @@ def test_every_step_s_arguments_parse_in_its_job(monkeypatch):
     settings = steps.load_settings(None, repo=str(ROOT))
     parsed = {}
     for step in steps.STEPS:
-        module = importlib.import_module(re.search(r"^from (mtl[\w.]*) import main$",
-                                                   (ROOT / step.script).read_text(), re.M).group(1))
-        monkeypatch.setattr(module, "run_job", lambda args, body, name=step.name: parsed.setdefault(name, []).append(args) or 0)
+        module = importlib.import_module(
+            re.search(r"^from (mtl[\w.]*) import main$", (ROOT / step.script).read_text(), re.M).group(1)
+        )
+        monkeypatch.setattr(
+            module, "run_job", lambda args, body, name=step.name: parsed.setdefault(name, []).append(args) or 0
+        )
         for mode in steps.TRAIN_MODES:
             assert module.main(settings.application_args(step, ds="2024-03-09", train_mode=mode)) == 0, step.name
     assert set(parsed) == set(steps.STEP_NAMES)
-    assert all(a.ds == dt.date(2024, 3, 9) and a.conf == str(ROOT / "conf" / "local.yaml") for v in parsed.values() for a in v)
+    assert all(
+        a.ds == dt.date(2024, 3, 9) and a.conf == str(ROOT / "conf" / "local.yaml") for v in parsed.values() for a in v
+    )
     assert [a.mode for a in parsed["train"]] == list(steps.TRAIN_MODES)
     assert parsed["build_features"][0].with_pending_days and parsed["score"][0].keep_scored_model
     assert parsed["evaluate"][0].trained_for_ds and parsed["publish"][0].trained_for_ds
@@ -319,41 +370,89 @@ def test_gate_branch_routes_on_the_gate_state():
 
 
 GOOD, BAD, NONE = dt.date(2024, 3, 9), dt.date(2024, 3, 10), dt.date(2024, 3, 11)
-RECS = T.StructType([T.StructField(n, t, True) for n, t in (
-    ("ds", T.DateType()), ("user_id", T.StringType()), ("rank", T.IntegerType()), ("item_id", T.StringType()),
-    ("category_id", T.StringType()), ("score", T.DoubleType()), ("p_click", T.DoubleType()),
-    ("p_purchase", T.DoubleType()), ("model_version", T.StringType()))])
-REPS = T.StructType([T.StructField(n, t, True) for n, t in (
-    ("ds", T.DateType()), ("user_id", T.StringType()), ("item_id", T.StringType()), ("category_id", T.StringType()),
-    ("p_repurchase_7d", T.DoubleType()), ("p_repurchase_30d", T.DoubleType()),
-    ("days_since_last_purchase", T.IntegerType()), ("model_version", T.StringType()))])
+RECS = T.StructType(
+    [
+        T.StructField(n, t, True)
+        for n, t in (
+            ("ds", T.DateType()),
+            ("user_id", T.StringType()),
+            ("rank", T.IntegerType()),
+            ("item_id", T.StringType()),
+            ("category_id", T.StringType()),
+            ("score", T.DoubleType()),
+            ("p_click", T.DoubleType()),
+            ("p_purchase", T.DoubleType()),
+            ("model_version", T.StringType()),
+        )
+    ]
+)
+REPS = T.StructType(
+    [
+        T.StructField(n, t, True)
+        for n, t in (
+            ("ds", T.DateType()),
+            ("user_id", T.StringType()),
+            ("item_id", T.StringType()),
+            ("category_id", T.StringType()),
+            ("p_repurchase_7d", T.DoubleType()),
+            ("p_repurchase_30d", T.DoubleType()),
+            ("days_since_last_purchase", T.IntegerType()),
+            ("model_version", T.StringType()),
+        )
+    ]
+)
 
 
 def _write(spark, cfg, spec, schema, rows) -> None:
     # nullable columns, so that the checks (not Delta's NOT NULL constraints) meet the bad rows
-    spark.createDataFrame(rows, schema).write.format("delta").mode("append").partitionBy("ds").save(spec.path(cfg.storage))
+    spark.createDataFrame(rows, schema).write.format("delta").mode("append").partitionBy("ds").save(
+        spec.path(cfg.storage)
+    )
 
 
 def test_check_outputs_passes_good_partitions_and_names_every_violation(spark, make_config, capsys):
     cfg = make_config("scoring.k=3")
-    _write(spark, cfg, DAILY_RECOMMENDATIONS, RECS, [
-        (GOOD, "u1", 1, "i1", "c1", 0.5, 0.5, 0.1, "7"), (GOOD, "u1", 2, "i2", "c1", 0.4, 0.4, 0.1, "7"),
-        (GOOD, "u2", 1, "i1", "c1", 0.3, 0.3, 0.0, "7"),
-        (BAD, "u1", 1, "i1", "c1", 0.5, 0.5, 0.1, "8"), (BAD, "u1", 3, "i2", "c1", 0.4, 0.4, 0.1, "8"),  # rank gap
-        (BAD, None, 1, "i1", "c1", 0.3, 0.3, 0.1, "8"),  # null user
-        (BAD, "u3", 1, "i4", "c2", 0.3, 1.5, 0.1, "8"),  # p_click > 1
-    ])
-    _write(spark, cfg, REPURCHASE_PREDICTIONS, REPS, [
-        (GOOD, "u1", "i1", "c1", 0.2, 0.6, 3, "7"), (GOOD, "u1", None, "c1", 0.3, 0.7, 3, "7"),
-        (NONE, "u1", "i1", "c1", 0.2, None, 3, "8"), (NONE, "u2", "i1", "c1", 0.2, 0.5, 3, "8"),
-    ])
+    _write(
+        spark,
+        cfg,
+        DAILY_RECOMMENDATIONS,
+        RECS,
+        [
+            (GOOD, "u1", 1, "i1", "c1", 0.5, 0.5, 0.1, "7"),
+            (GOOD, "u1", 2, "i2", "c1", 0.4, 0.4, 0.1, "7"),
+            (GOOD, "u2", 1, "i1", "c1", 0.3, 0.3, 0.0, "7"),
+            (BAD, "u1", 1, "i1", "c1", 0.5, 0.5, 0.1, "8"),
+            (BAD, "u1", 3, "i2", "c1", 0.4, 0.4, 0.1, "8"),  # rank gap
+            (BAD, None, 1, "i1", "c1", 0.3, 0.3, 0.1, "8"),  # null user
+            (BAD, "u3", 1, "i4", "c2", 0.3, 1.5, 0.1, "8"),  # p_click > 1
+        ],
+    )
+    _write(
+        spark,
+        cfg,
+        REPURCHASE_PREDICTIONS,
+        REPS,
+        [
+            (GOOD, "u1", "i1", "c1", 0.2, 0.6, 3, "7"),
+            (GOOD, "u1", None, "c1", 0.3, 0.7, 3, "7"),
+            (NONE, "u1", "i1", "c1", 0.2, None, 3, "8"),
+            (NONE, "u2", "i1", "c1", 0.2, 0.5, 3, "8"),
+        ],
+    )
 
     summary = check_outputs(spark, cfg, GOOD)
     assert "8 checks passed" in summary and "daily_recommendations 3 rows for 2 users" in summary
     assert "repurchase_predictions 2 rows" in summary and "model version 7" in summary
 
-    conf = ["--conf", str(LOCAL_CONF), *[a for o in TEST_OVERRIDES + [f"storage.warehouse={cfg.storage.warehouse}",
-                                                                      "scoring.k=3"] for a in ("--set", o)]]
+    conf = [
+        "--conf",
+        str(LOCAL_CONF),
+        *[
+            a
+            for o in TEST_OVERRIDES + [f"storage.warehouse={cfg.storage.warehouse}", "scoring.k=3"]
+            for a in ("--set", o)
+        ],
+    ]
     try:
         assert check_outputs_main([*conf, "--ds", str(BAD)]) == 1
         err = capsys.readouterr().err
@@ -376,7 +475,9 @@ def test_check_outputs_passes_good_partitions_and_names_every_violation(spark, m
 
 def test_check_outputs_without_tables(spark, make_config):
     cfg = make_config()
-    with pytest.raises(OutputQualityError, match="daily_recommendations: no table at .*\n.*repurchase_predictions: no table"):
+    with pytest.raises(
+        OutputQualityError, match="daily_recommendations: no table at .*\n.*repurchase_predictions: no table"
+    ):
         check_outputs(spark, cfg, GOOD)
 
 
@@ -391,8 +492,12 @@ SHUT_GATE = "gate.metrics=[{task: click, metric: auc, floor: 0.999}]"
 
 
 def _dag_test(home: Path, settings: dict, ds: dt.date, run_conf: Optional[dict] = None, mark_success: str = "") -> dict:
-    proc = _run_airflow(home, ["-c", DAG_TEST_SCRIPT, str(DAGS), ds.isoformat(), json.dumps(run_conf or {}), mark_success],
-                        variable=settings, timeout=3600)
+    proc = _run_airflow(
+        home,
+        ["-c", DAG_TEST_SCRIPT, str(DAGS), ds.isoformat(), json.dumps(run_conf or {}), mark_success],
+        variable=settings,
+        timeout=3600,
+    )
     result = _result(proc)
     assert "tasks" in result, result
     if result["state"] != "success":
@@ -442,10 +547,12 @@ def test_refused_gate_scores_with_the_previous_champion(spark, airflow_home, wor
     D+1, with the champion of D. Ingest and features of D+1 are there already (marked success)."""
     root, cfg = world
     assert first_run["state"] == "success"
-    settings = _spark_settings(world_overrides(root, *WORLD, SHUT_GATE, days=16),
-                               steps={name: {"retries": 0} for name in steps.STEP_NAMES})
-    result = _dag_test(airflow_home, settings, D + DAY, run_conf={"train_mode": "incremental"},
-                       mark_success="ingest|build_features")
+    settings = _spark_settings(
+        world_overrides(root, *WORLD, SHUT_GATE, days=16), steps={name: {"retries": 0} for name in steps.STEP_NAMES}
+    )
+    result = _dag_test(
+        airflow_home, settings, D + DAY, run_conf={"train_mode": "incremental"}, mark_success="ingest|build_features"
+    )
     tasks = result["tasks"]
     assert result["state"] == "success", result  # a refusal is not a failed day
     assert tasks["train"] == tasks["evaluate"] == "success"

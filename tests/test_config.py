@@ -52,7 +52,10 @@ def test_fingerprint_changes_with_config():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("spark.shufle_partitions=4", "unknown config key 'spark.shufle_partitions' (did you mean 'shuffle_partitions'?)"),
+        (
+            "spark.shufle_partitions=4",
+            "unknown config key 'spark.shufle_partitions' (did you mean 'shuffle_partitions'?)",
+        ),
         ("nonsense.key=1", "unknown config key 'nonsense'"),
         ("spark.shuffle_partitions=many", "spark.shuffle_partitions: expected an integer, got str 'many'"),
         ("spark.show_progress=maybe", "spark.show_progress: expected true or false"),
@@ -75,7 +78,9 @@ def test_config_errors_name_the_key(override, message):
 
 def test_missing_required_mapping_is_named(tmp_path):
     conf = tmp_path / "c.yaml"
-    conf.write_text("formats:\n  mine:\n    reader: csv\n    header: true\n    mapping: {user_id: u, item_id: i, event_type: t}\n")
+    conf.write_text(
+        "formats:\n  mine:\n    reader: csv\n    header: true\n    mapping: {user_id: u, item_id: i, event_type: t}\n"
+    )
     with pytest.raises(ConfigError, match=r"formats.mine.mapping.event_ts: required"):
         load_config(conf)
 

@@ -23,11 +23,11 @@ import torch
 from petastorm.workers_pool.thread_pool import WorkerThread
 
 from mtl import delta_io
-from mtl.data.loader import ExampleBatches, in_memory_batches, input_columns, row_count
 from mtl.data.arrow_columns import list_column_to_matrix
+from mtl.data.loader import ExampleBatches, in_memory_batches, input_columns, row_count
 from mtl.data.snapshot import describe_days, snapshot_files
 from mtl.errors import InputError
-from mtl.features.schema import (
+from mtl.schema import (
     HISTORY_LENGTH,
     LABELS,
     MISSING_LABEL,
@@ -197,7 +197,9 @@ def test_misshapen_columns_are_rejected_with_their_name():
         next(in_memory_batches(ragged, 8))
     short = frame.copy()
     short["u_top_category_hashes"] = [h[:2] for h in short["u_top_category_hashes"]]
-    with pytest.raises(InputError, match=r"u_top_category_hashes: expected 3 integer hashes per row, got int64 of shape \(45, 2\)"):
+    with pytest.raises(
+        InputError, match=r"u_top_category_hashes: expected 3 integer hashes per row, got int64 of shape \(45, 2\)"
+    ):
         next(in_memory_batches(short, 8))
     nulls = frame.copy()
     nulls.loc[0, "item_hash"] = None  # a null turns the column into float
@@ -250,8 +252,11 @@ def test_unobserved_labels_are_read_as_unknown_per_file(current):
     day_b = [f for f, day in current.file_days.items() if day == B]
     assert len(day_b) == FILES_PER_DAY
 
-    masked = by_user(collect(ExampleBatches(
-        current.files, 32, unknown_labels={f: ["repurchase_7d", "repurchase_30d"] for f in day_b})))
+    masked = by_user(
+        collect(
+            ExampleBatches(current.files, 32, unknown_labels={f: ["repurchase_7d", "repurchase_30d"] for f in day_b})
+        )
+    )
     wanted = expected((A, NEW_A), (B, DAY_B))
     on_b = np.isin(wanted["user_hash"], expected((B, DAY_B))["user_hash"])
     for label in ("repurchase_7d", "repurchase_30d"):
@@ -335,9 +340,13 @@ def test_readers_stop_when_the_consumer_stops_early(current):
 def test_clear_errors(spark, table, current, tmp_path):
     with pytest.raises(InputError, match="no Delta table at"):
         snapshot_files(spark, str(tmp_path / "nothing"), A, B)
-    with pytest.raises(InputError, match=r"no rows for ds 2024-02-01\.\.2024-02-03; it has ds 2024-03-10\.\.2024-03-11"):
+    with pytest.raises(
+        InputError, match=r"no rows for ds 2024-02-01\.\.2024-02-03; it has ds 2024-03-10\.\.2024-03-11"
+    ):
         snapshot_files(spark, table.path, dt.date(2024, 2, 1), dt.date(2024, 2, 3))
-    with pytest.raises(InputError, match=r"no rows for ds 2024-03-12\.\.2024-03-13 \(asked for 2024-03-10\.\.2024-03-13"):
+    with pytest.raises(
+        InputError, match=r"no rows for ds 2024-03-12\.\.2024-03-13 \(asked for 2024-03-10\.\.2024-03-13"
+    ):
         snapshot_files(spark, table.path, A, dt.date(2024, 3, 13))
     with pytest.raises(InputError, match="ends before it starts"):
         snapshot_files(spark, table.path, B, A)

@@ -18,10 +18,10 @@ from mlflow import MlflowClient
 from pyspark.sql import functions as F
 
 from mtl import registry
+from mtl.cli.evaluate import main as evaluate_main
 from mtl.errors import InputError
-from mtl.evaluate.job import main as evaluate_main
 from mtl.evaluate.job import run_evaluate
-from mtl.evaluate.metrics_table import read_metrics, write_metrics
+from mtl.evaluate.model_metrics import read_metrics, write_metrics
 from mtl.evaluate.publish import GATE_TAG, GateRefused, run_publish
 from mtl.tables import MODEL_METRICS, TRAINING_EXAMPLES
 from mtl.train.job import run_train
@@ -34,8 +34,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning:petastorm", "igno
 DAY = dt.timedelta(days=1)
 D = START + 8 * DAY  # 16 days generated: repurchase_7d labels of D are observed
 FAST_BASELINES = "evaluation.baselines=[popularity, category_popularity, recency_frequency]"
-FAST_GATE = ("gate.metrics=[{task: click, metric: auc, floor: 0.6}, {task: purchase, metric: auc, floor: 0.55}, "
-             "{task: retrieval, metric: recall, k: 20, floor: 0.01}]")
+FAST_GATE = (
+    "gate.metrics=[{task: click, metric: auc, floor: 0.6}, {task: purchase, metric: auc, floor: 0.55}, "
+    "{task: retrieval, metric: recall, k: 20, floor: 0.01}]"
+)
 # Small enough to train in seconds on one day of a few hundred users.
 FAST_MODEL = """\
 extends: {root}/conf/models/mmoe.yaml
@@ -89,7 +91,10 @@ def test_metrics_table_report_and_mlflow(spark, world, evaluated):
     when = dt.datetime(2024, 3, 10)
     write_metrics(spark, world, result.rows[:3], run_id="other", model_version="other", ds=D, evaluated_at=when)
     write_metrics(spark, world, result.rows, run_id=result.run_id, model_version=version, ds=D, evaluated_at=when)
-    assert dict(read_metrics(spark, world, D, D)["model_version"].value_counts()) == {"other": 3, version: len(result.rows)}
+    assert dict(read_metrics(spark, world, D, D)["model_version"].value_counts()) == {
+        "other": 3,
+        version: len(result.rows),
+    }
     assert read_metrics(spark, world, D + DAY, D + 2 * DAY).empty
 
     metrics = {(r.model_kind, r.task, r.metric, r.k): r for r in result.rows}
@@ -97,10 +102,18 @@ def test_metrics_table_report_and_mlflow(spark, world, evaluated):
     ranking = {(m, k) for m in ("recall", "ndcg", "hit_rate") for k in (10, 20, 50)} | {("mrr", None)}
     expected = (
         {("multi_task", t, m, None) for t in ("click", "purchase", "purchase_cvr", "repurchase_7d") for m in binary}
-        | {("popularity", t, m, None) for t in ("click", "purchase", "purchase_cvr", "repurchase_7d") for m in ("auc", "gauc")}
+        | {
+            ("popularity", t, m, None)
+            for t in ("click", "purchase", "purchase_cvr", "repurchase_7d")
+            for m in ("auc", "gauc")
+        }
         | {("category_popularity", t, m, None) for t in ("click", "purchase", "purchase_cvr") for m in ("auc", "gauc")}
         | {("recency_frequency", "repurchase_7d", m, None) for m in ("auc", "gauc")}
-        | {(kind, "retrieval", m, k) for kind in ("multi_task", "popularity", "category_popularity") for m, k in ranking}
+        | {
+            (kind, "retrieval", m, k)
+            for kind in ("multi_task", "popularity", "category_popularity")
+            for m, k in ranking
+        }
     )
     assert set(metrics) == expected
     assert any("repurchase_30d: no labelled rows" in note for note in result.notes)  # not observed: said so
@@ -127,7 +140,13 @@ def test_metrics_table_report_and_mlflow(spark, world, evaluated):
 
     page = Path(urlparse(result.report_uri).path).read_text()
     assert page.count("data:image/png;base64,") == 3  # ROC, calibration, Recall@K (no history yet)
-    for text in ("multi_task", "category_popularity", "recency_frequency", "purchase_cvr", "Quality gate: would publish"):
+    for text in (
+        "multi_task",
+        "category_popularity",
+        "recency_frequency",
+        "purchase_cvr",
+        "Quality gate: would publish",
+    ):
         assert text in page
 
     # next to the artifact, and the version's metrics in its own MLflow run
@@ -137,7 +156,8 @@ def test_metrics_table_report_and_mlflow(spark, world, evaluated):
     assert result.report_uri.startswith(model_run.info.artifact_uri + "/evaluation/")
     assert model_run.data.metrics["eval_click_auc"] == pytest.approx(metrics["multi_task", "click", "auc", None].value)
     assert model_run.data.metrics["eval_retrieval_recall_at_20"] == pytest.approx(
-        metrics["multi_task", "retrieval", "recall", 20].value)
+        metrics["multi_task", "retrieval", "recall", 20].value
+    )
 
 
 def test_gate_publishes_the_evaluated_model(spark, world, evaluated):
@@ -184,8 +204,18 @@ def test_evaluating_a_training_day_is_refused(spark, world, evaluated):
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     try:
-        code = evaluate_main(["--ds", str(D - DAY), "--model", version, "--set",
-                              f"storage.warehouse={world.storage.warehouse}", "--set", "spark.log_level=ERROR"])
+        code = evaluate_main(
+            [
+                "--ds",
+                str(D - DAY),
+                "--model",
+                version,
+                "--set",
+                f"storage.warehouse={world.storage.warehouse}",
+                "--set",
+                "spark.log_level=ERROR",
+            ]
+        )
     finally:  # the job pointed the root logger at this test's captured stderr, closed after it
         root.handlers[:] = handlers
         root.setLevel(level)
@@ -207,9 +237,20 @@ def quality_world(spark, tmp_path_factory):
     from two weeks of clicks (measured)."""
     root = tmp_path_factory.mktemp("evaluate_quality")
     model = Path(__file__).resolve().parents[1] / "conf" / "models" / "mmoe_small.yaml"  # benchmarks/evaluate.py's
-    cfg = world_config(root, f"model_config={model}", "training.window_days=7", "training.torch_threads=2",
-                       "generator.categories=20", "generator.popularity_exponent=0.5", "generator.users_per_block=500",
-                       "generator.partitions=4", "evaluation.twin_epochs=2", users=1500, items=400, days=21)
+    cfg = world_config(
+        root,
+        f"model_config={model}",
+        "training.window_days=7",
+        "training.torch_threads=2",
+        "generator.categories=20",
+        "generator.popularity_exponent=0.5",
+        "generator.users_per_block=500",
+        "generator.partitions=4",
+        "evaluation.twin_epochs=2",
+        users=1500,
+        items=400,
+        days=21,
+    )
     return build_world(spark, cfg, [Q - k * DAY for k in range(7, -1, -1)])
 
 
@@ -218,7 +259,14 @@ def test_on_generator_data_the_model_beats_popularity_and_als_and_is_published(s
     version = run_train(spark, quality_world, Q, "full").model_version
     result = run_evaluate(spark, quality_world, Q, version)
     assert {r.model_kind for r in result.rows} == {
-        "multi_task", "popularity", "category_popularity", "als", "logistic_regression", "single_task", "recency_frequency"}
+        "multi_task",
+        "popularity",
+        "category_popularity",
+        "als",
+        "logistic_regression",
+        "single_task",
+        "recency_frequency",
+    }
     auc = {(r.model_kind, r.task): r.value for r in result.rows if r.metric == "auc"}
     for task in ("click", "purchase", "purchase_cvr", "repurchase_7d"):
         assert auc["multi_task", task] > auc["popularity", task], task

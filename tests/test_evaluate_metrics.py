@@ -1,4 +1,4 @@
-"""The metrics table on a fixed small case: complete rows whose values are those of mtl.metrics;
+"""The metrics table on a fixed small case: complete rows whose values are those of mtl.metric_functions;
 top-K over the catalogue; relevance and exclusions; the report."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtl import metrics as M
-from mtl.evaluate.metrics_table import (
+from mtl import metric_functions as M
+from mtl.evaluate.model_metrics import (
     Scorer,
     binary_metric_rows,
     ranking_metric_rows,
@@ -27,20 +27,23 @@ EXPOSURE, ITEM, CATEGORY = "exposure", "repurchase_item", "repurchase_category"
 def frame() -> pd.DataFrame:
     """Eight exposures of three users, three item and two category repurchase rows."""
     kinds = [EXPOSURE] * 8 + [ITEM] * 3 + [CATEGORY] * 2
-    return pd.DataFrame({
-        "row_kind": kinds,
-        "user_id": ["a", "a", "a", "b", "b", "b", "c", "c", "a", "b", "c", "a", "c"],
-        "click": [1, 0, 1, 1, 0, 0, 1, 0] + [NAN] * 5,
-        "purchase": [1, 0, 0, 1, 0, 0, 0, 0] + [NAN] * 5,
-        "repurchase_7d": [NAN] * 8 + [1, 0, NAN, 0, 1],
-        "repurchase_30d": [NAN] * 13,
-        score_column("model", "click"): [0.9, 0.2, 0.6, 0.7, 0.4, 0.1, 0.3, 0.5] + [0.5] * 5,
-        score_column("model", "purchase"): [0.5, 0.1, 0.2, 0.3, 0.05, 0.02, 0.1, 0.2] + [0.1] * 5,
-        score_column("model", "repurchase_7d"): [0.3] * 8 + [0.8, 0.3, 0.5, 0.4, 0.6],
-        score_column("model", "repurchase_30d"): [0.3] * 13,
-        score_column("pop", "click"): [5, 1, 3, 5, 2, 2, 1, 4] + [0] * 5,
-        score_column("pop", "purchase"): [2, 0, 1, 2, 1, 0, 0, 1] + [0] * 5,
-    }, dtype=object).astype({c: float for c in ["click", "purchase", "repurchase_7d", "repurchase_30d"]})
+    return pd.DataFrame(
+        {
+            "row_kind": kinds,
+            "user_id": ["a", "a", "a", "b", "b", "b", "c", "c", "a", "b", "c", "a", "c"],
+            "click": [1, 0, 1, 1, 0, 0, 1, 0] + [NAN] * 5,
+            "purchase": [1, 0, 0, 1, 0, 0, 0, 0] + [NAN] * 5,
+            "repurchase_7d": [NAN] * 8 + [1, 0, NAN, 0, 1],
+            "repurchase_30d": [NAN] * 13,
+            score_column("model", "click"): [0.9, 0.2, 0.6, 0.7, 0.4, 0.1, 0.3, 0.5] + [0.5] * 5,
+            score_column("model", "purchase"): [0.5, 0.1, 0.2, 0.3, 0.05, 0.02, 0.1, 0.2] + [0.1] * 5,
+            score_column("model", "repurchase_7d"): [0.3] * 8 + [0.8, 0.3, 0.5, 0.4, 0.6],
+            score_column("model", "repurchase_30d"): [0.3] * 13,
+            score_column("pop", "click"): [5, 1, 3, 5, 2, 2, 1, 4] + [0] * 5,
+            score_column("pop", "purchase"): [2, 0, 1, 2, 1, 0, 0, 1] + [0] * 5,
+        },
+        dtype=object,
+    ).astype({c: float for c in ["click", "purchase", "repurchase_7d", "repurchase_30d"]})
 
 
 def _scores(frame, kind, label, rows):
@@ -51,10 +54,9 @@ def test_binary_rows_are_complete_and_equal_the_metric_functions(frame):
     rows = binary_metric_rows(frame, [Scorer("model", True, "7"), Scorer("pop", False)])
     by_key = {(r.model_kind, r.task, r.metric): r for r in rows}
     probability = ("auc", "gauc", "log_loss", "calibration")
-    expected = (
-        {("model", t, m) for t in ("click", "purchase", "purchase_cvr", "repurchase_7d") for m in probability}
-        | {("pop", t, m) for t in ("click", "purchase", "purchase_cvr") for m in ("auc", "gauc")}
-    )
+    expected = {
+        ("model", t, m) for t in ("click", "purchase", "purchase_cvr", "repurchase_7d") for m in probability
+    } | {("pop", t, m) for t in ("click", "purchase", "purchase_cvr") for m in ("auc", "gauc")}
     assert set(by_key) == expected  # nothing for repurchase_30d: no labelled row
     assert len(rows) == len(expected)
     assert all(r.k is None for r in rows)
@@ -84,9 +86,11 @@ def test_binary_rows_are_complete_and_equal_the_metric_functions(frame):
     rep = np.array([8, 9, 11, 12])
     labels = frame["repurchase_7d"].to_numpy()[rep]
     assert by_key["model", "repurchase_7d", "auc"].value == pytest.approx(
-        M.auc(labels, _scores(frame, "model", "repurchase_7d", rep)))
+        M.auc(labels, _scores(frame, "model", "repurchase_7d", rep))
+    )
     assert by_key["model", "repurchase_7d", "gauc"].value == pytest.approx(
-        M.gauc(labels, _scores(frame, "model", "repurchase_7d", rep), users[rep]))
+        M.gauc(labels, _scores(frame, "model", "repurchase_7d", rep), users[rep])
+    )
     assert by_key["pop", "click", "auc"].value == pytest.approx(M.auc(click, _scores(frame, "pop", "click", exposure)))
 
 
@@ -96,7 +100,8 @@ def test_undefined_metrics_are_null(frame):
     assert rows["purchase", "auc"] is None and rows["purchase", "calibration"] is None
     exposures = np.arange(8)
     assert rows["purchase", "log_loss"] == pytest.approx(
-        M.log_loss(np.zeros(8), _scores(frame, "model", "purchase", exposures)))
+        M.log_loss(np.zeros(8), _scores(frame, "model", "purchase", exposures))
+    )
 
 
 def test_ranking_rows_equal_the_metric_functions():
@@ -169,18 +174,41 @@ def test_report_holds_tables_curves_and_history(frame):
     ranked = np.array([[3, 1, 4, 0], [2, 0, 1, 5]])
     relevant = M.Relevance(np.array([0, 1]), np.array([4, 7]))
     rows += ranking_metric_rows(Scorer("multi_task", False, "7"), ranked, relevant, [2, 4])
-    history = pd.DataFrame([
-        {"ds": dt.date(2024, 3, d), "model_kind": kind, "task": "click", "metric": "auc", "k": None,
-         "value": 0.6 + d / 100, "evaluated_at": dt.datetime(2024, 3, d)}
-        for d in (7, 8, 9) for kind in ("multi_task", "pop")
-    ])
-    decision = decide({r.key: r.value for r in rows if r.model_kind == "multi_task"}, None,
-                      GateConfig(metrics=[GatedMetric("click", "auc", floor=0.99)]))
-    page = render(ReportData(
-        title="v7 <on> 2024-03-09", facts={"model version": "7"}, rows=rows, frame=frame, scorers=scorers,
-        rankings={"multi_task": ranked}, relevant=relevant, ks=[2, 4], history=history, decision=decision,
-        notes=["a note"],
-    ))
+    history = pd.DataFrame(
+        [
+            {
+                "ds": dt.date(2024, 3, d),
+                "model_kind": kind,
+                "task": "click",
+                "metric": "auc",
+                "k": None,
+                "value": 0.6 + d / 100,
+                "evaluated_at": dt.datetime(2024, 3, d),
+            }
+            for d in (7, 8, 9)
+            for kind in ("multi_task", "pop")
+        ]
+    )
+    decision = decide(
+        {r.key: r.value for r in rows if r.model_kind == "multi_task"},
+        None,
+        GateConfig(metrics=[GatedMetric("click", "auc", floor=0.99)]),
+    )
+    page = render(
+        ReportData(
+            title="v7 <on> 2024-03-09",
+            facts={"model version": "7"},
+            rows=rows,
+            frame=frame,
+            scorers=scorers,
+            rankings={"multi_task": ranked},
+            relevant=relevant,
+            ks=[2, 4],
+            history=history,
+            decision=decision,
+            notes=["a note"],
+        )
+    )
     assert page.count("data:image/png;base64,") == 4  # ROC, calibration, Recall@K, history
     assert "v7 &lt;on&gt; 2024-03-09" in page  # escaped
     assert "Quality gate: would refuse" in page and "below the floor 0.99" in page

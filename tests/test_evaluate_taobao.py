@@ -22,7 +22,10 @@ from tests.conftest import SHARED_DATA
 from tests.generated import TINY_MODEL
 from tests.helpers import read_table
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning:petastorm", "ignore::DeprecationWarning")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::FutureWarning:petastorm", "ignore::DeprecationWarning"),
+]
 
 SAMPLE = SHARED_DATA / "taobao_user_behavior_sample.csv"
 D = dt.date(2017, 12, 3)  # the sample's last day: trained on 11-30..12-01, validated on 12-02
@@ -32,8 +35,13 @@ WINDOW = 3
 def test_whole_evaluation_on_the_taobao_sample(spark, make_config, tmp_path):
     model = tmp_path / "model.yaml"
     model.write_text(TINY_MODEL)
-    cfg = make_config(f"ingest.input={SAMPLE}", f"training.window_days={WINDOW}", f"model_config={model}",
-                      "training.torch_threads=1", "evaluation.twin_epochs=2")
+    cfg = make_config(
+        f"ingest.input={SAMPLE}",
+        f"training.window_days={WINDOW}",
+        f"model_config={model}",
+        "training.torch_threads=1",
+        "evaluation.twin_epochs=2",
+    )
     run_ingest(spark, cfg)
     for offset in range(WINDOW, -1, -1):
         build_features(spark, cfg, D - dt.timedelta(days=offset))
@@ -46,7 +54,9 @@ def test_whole_evaluation_on_the_taobao_sample(spark, make_config, tmp_path):
     assert tasks == {"click", "purchase", "purchase_cvr", "retrieval"}  # 7-day repurchase is past the sample's end
     assert any("repurchase_7d: no labelled rows" in n for n in result.notes)
     assert any("negatives are sampled" in n for n in result.notes)
-    exposures = read_table(spark, cfg, TRAINING_EXAMPLES).where((F.col("ds") == F.lit(D)) & (F.col("row_kind") == "exposure"))
+    exposures = read_table(spark, cfg, TRAINING_EXAMPLES).where(
+        (F.col("ds") == F.lit(D)) & (F.col("row_kind") == "exposure")
+    )
     click = {r.model_kind: r for r in result.rows if r.task == "click" and r.metric == "auc"}
     assert {r.n_examples for r in click.values()} == {exposures.count()}
     assert all(0.0 <= r.value <= 1.0 for r in click.values())

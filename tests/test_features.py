@@ -7,15 +7,21 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
-from tests.helpers import read_table, runs, write_events
+from mtl.cli.build_features import main
 from mtl.config import FeaturesConfig
 from mtl.features import transforms as tf
-from mtl.features.job import build_features, main
-from mtl.features.schema import HISTORY_LENGTH, dense_columns
+from mtl.features.job import build_features
 from mtl.features.transforms import id_hash
+from mtl.schema import HISTORY_LENGTH, dense_columns
 from mtl.tables import (
-    FEATURE_STATS, ITEM_FEATURES, TRAINING_EXAMPLES, USER_CATEGORY_FEATURES, USER_FEATURES, USER_ITEM_FEATURES,
+    FEATURE_STATS,
+    ITEM_FEATURES,
+    TRAINING_EXAMPLES,
+    USER_CATEGORY_FEATURES,
+    USER_FEATURES,
+    USER_ITEM_FEATURES,
 )
+from tests.helpers import read_table, runs, write_events
 
 D = dt.date(2024, 3, 10)
 
@@ -45,7 +51,6 @@ def ds_rows(spark, cfg, spec, ds=D):
 @pytest.fixture(scope="module")
 def built(spark, tmp_path_factory):
     from mtl.config import load_config
-
     from tests.conftest import LOCAL_CONF, TEST_OVERRIDES
 
     cfg = load_config(LOCAL_CONF, TEST_OVERRIDES + [f"storage.warehouse={tmp_path_factory.mktemp('feat')}/wh"])
@@ -80,7 +85,13 @@ def test_user_features_exact(spark, built):
 def test_item_and_user_category_features_exact(spark, built):
     cfg, _ = built
     i1 = ds_rows(spark, cfg, ITEM_FEATURES).where("item_id = 'i1'").first().asDict()
-    assert (i1["i_view_1d"], i1["i_view_30d"], i1["i_purchase_3d"], i1["i_purchase_30d"], i1["i_cart_1d"]) == (1, 2, 1, 2, 1)
+    assert (i1["i_view_1d"], i1["i_view_30d"], i1["i_purchase_3d"], i1["i_purchase_30d"], i1["i_cart_1d"]) == (
+        1,
+        2,
+        1,
+        2,
+        1,
+    )
     assert (i1["i_users_30d"], i1["i_buyers_30d"]) == (2, 1)
     assert i1["i_repurchase_rate"] == pytest.approx(1.0)  # its one buyer bought on two days; prior 1.0
     assert i1["i_price"] == 10.0
@@ -107,7 +118,10 @@ def test_training_examples_labels(spark, built):
     assert result.exposure_source == "sampled"
     assert result.observed_until == dt.date(2024, 3, 17)
     rows = ds_rows(spark, cfg, TRAINING_EXAMPLES)
-    positives = {(r.user_id, r.item_id, r.click, r.purchase) for r in rows.where("row_kind = 'exposure' AND NOT is_sampled_negative").collect()}
+    positives = {
+        (r.user_id, r.item_id, r.click, r.purchase)
+        for r in rows.where("row_kind = 'exposure' AND NOT is_sampled_negative").collect()
+    }
     assert positives == {("u1", "i2", 1, 1), ("u2", "i3", 1, 0), ("u3", "i1", 1, 0)}
     negatives = rows.where("is_sampled_negative").collect()
     assert negatives, "sampled negatives expected"
@@ -115,8 +129,10 @@ def test_training_examples_labels(spark, built):
     for r in negatives:
         assert (r.user_id, r.item_id) not in touched
         assert r.item_id in {"i1", "i2", "i3"} and (r.click, r.purchase) == (0, 0)
-    repurchase = {(r.row_kind, r.user_id, r.item_id, r.category_id, r.repurchase_7d, r.repurchase_30d)
-                  for r in rows.where("row_kind != 'exposure'").collect()}
+    repurchase = {
+        (r.row_kind, r.user_id, r.item_id, r.category_id, r.repurchase_7d, r.repurchase_30d)
+        for r in rows.where("row_kind != 'exposure'").collect()
+    }
     # 7-day labels are observed (D + 6 <= 03-17); 30-day ones are not yet: null, not 0
     assert repurchase == {
         ("repurchase_item", "u1", "i1", "c1", 1, None),
@@ -184,10 +200,12 @@ def test_user_category_click_through_rate_is_smoothed_over_the_rate_window(spark
     assert priors.ctr == pytest.approx(2 / 6)  # the two older impressions do not count
     k, p = cfg.smoothing_strength, 2 / 6
     got = {(r.user_id, r.category_id): r.uc_ctr_30d for r in tf.user_category_features(grain, priors, cfg).collect()}
-    assert got == pytest.approx({
-        ("u1", "c1"): (1 + k * p) / (4 + k),
-        ("u1", "c2"): (0 + k * p) / (1 + k),
-        ("u2", "c2"): (1 + k * p) / (1 + k),
-        ("u2", "c3"): p,  # a view without impressions: nothing to go on but the prior
-        ("u1", "c3"): p,  # only impressions older than the rate window
-    })
+    assert got == pytest.approx(
+        {
+            ("u1", "c1"): (1 + k * p) / (4 + k),
+            ("u1", "c2"): (0 + k * p) / (1 + k),
+            ("u2", "c2"): (1 + k * p) / (1 + k),
+            ("u2", "c3"): p,  # a view without impressions: nothing to go on but the prior
+            ("u1", "c3"): p,  # only impressions older than the rate window
+        }
+    )

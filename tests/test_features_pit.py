@@ -8,14 +8,20 @@ import random
 import pytest
 from pyspark.sql import functions as F
 
+from mtl.cli.build_features import main
+from mtl.config import load_config
+from mtl.features.job import build_features
+from mtl.schema import LABELS, dense_columns
+from mtl.tables import (
+    FEATURE_STATS,
+    ITEM_FEATURES,
+    TRAINING_EXAMPLES,
+    USER_CATEGORY_FEATURES,
+    USER_FEATURES,
+    USER_ITEM_FEATURES,
+)
 from tests.conftest import LOCAL_CONF, TEST_OVERRIDES
 from tests.helpers import read_table, write_events
-from mtl.config import load_config
-from mtl.features.job import build_features, main
-from mtl.features.schema import LABELS, dense_columns
-from mtl.tables import (
-    FEATURE_STATS, ITEM_FEATURES, TRAINING_EXAMPLES, USER_CATEGORY_FEATURES, USER_FEATURES, USER_ITEM_FEATURES,
-)
 
 D = dt.date(2024, 3, 15)
 FEATURE_TABLES = (USER_FEATURES, ITEM_FEATURES, USER_CATEGORY_FEATURES, USER_ITEM_FEATURES)
@@ -29,8 +35,17 @@ def random_log(rng: random.Random, start: dt.date, days: int, n: int, users=12, 
         item = rng.randrange(items)
         kind = rng.choices(TYPES, weights=(0, 5, 2, 1, 1, 2))[0]
         ts = f"{day.isoformat()} {rng.randrange(24):02d}:{rng.randrange(60):02d}"
-        rows.append((f"u{rng.randrange(users)}", f"i{item}", f"c{item % 4}", kind, ts,
-                     float(1 + item), 1 if kind == "purchase" else None))
+        rows.append(
+            (
+                f"u{rng.randrange(users)}",
+                f"i{item}",
+                f"c{item % 4}",
+                kind,
+                ts,
+                float(1 + item),
+                1 if kind == "purchase" else None,
+            )
+        )
     return rows
 
 
@@ -39,8 +54,10 @@ def edit_future(rng: random.Random, log: list[tuple]) -> list[tuple]:
     past = [r for r in log if r[4][:10] < D.isoformat()]
     future = [r for r in log if r[4][:10] >= D.isoformat()]
     kept = [r for r in future if rng.random() > 0.3]
-    changed = [(u, i, c, rng.choice(TYPES[1:]), ts, p * 2, q) if rng.random() < 0.5 else (u, i, c, k, ts, p, q)
-               for u, i, c, k, ts, p, q in kept]
+    changed = [
+        (u, i, c, rng.choice(TYPES[1:]), ts, p * 2, q) if rng.random() < 0.5 else (u, i, c, k, ts, p, q)
+        for u, i, c, k, ts, p, q in kept
+    ]
     added = random_log(rng, D, 10, 40, users=15, items=13)  # new users and items too
     return past + changed + added
 
@@ -52,8 +69,10 @@ def new_config(tmp_path_factory, name):
 def table_rows(spark, cfg, spec, ds, columns=None):
     df = read_table(spark, cfg, spec).where(F.col("ds") == F.lit(ds))
     df = df.select(*(columns or [c for c in df.columns]))
-    rows = [tuple(round(v, 9) if isinstance(v, float) else (tuple(v) if isinstance(v, list) else v) for v in r)
-            for r in df.collect()]
+    rows = [
+        tuple(round(v, 9) if isinstance(v, float) else (tuple(v) if isinstance(v, list) else v) for v in r)
+        for r in df.collect()
+    ]
     return sorted(rows, key=repr)
 
 
@@ -91,9 +110,17 @@ def test_rerun_replaces_and_backfill_equals_single_days(spark, tmp_path_factory,
     days = [D - dt.timedelta(days=1), D, D + dt.timedelta(days=1)]
     backfill = new_config(tmp_path_factory, "backfill")
     write_events(spark, backfill, base_log)
-    code = main(["--start", days[0].isoformat(), "--end", days[-1].isoformat(),
-                 *[a for o in TEST_OVERRIDES for a in ("--set", o)],
-                 "--set", f"storage.warehouse={backfill.storage.warehouse}"])
+    code = main(
+        [
+            "--start",
+            days[0].isoformat(),
+            "--end",
+            days[-1].isoformat(),
+            *[a for o in TEST_OVERRIDES for a in ("--set", o)],
+            "--set",
+            f"storage.warehouse={backfill.storage.warehouse}",
+        ]
+    )
     assert code == 0
     first = table_rows(spark, backfill, TRAINING_EXAMPLES, D)
     build_features(spark, backfill, D)  # rerun one day

@@ -9,9 +9,9 @@ from pyspark.sql import functions as F
 
 from mtl.features.job import build_features
 from mtl.ingest.job import run_ingest
+from mtl.tables import TRAINING_EXAMPLES
 from tests.conftest import SHARED_DATA
 from tests.helpers import read_table
-from mtl.tables import TRAINING_EXAMPLES
 
 SAMPLE = SHARED_DATA / "taobao_user_behavior_sample.csv"
 CHINA = ZoneInfo("Asia/Shanghai")

@@ -5,18 +5,24 @@ from __future__ import annotations
 import pytest
 
 from mtl.config import ConfigError, GateConfig, GatedMetric
-from mtl.evaluate.gate import check_gate_config, decide
-from mtl.evaluate.job import check_evaluation_config
+from mtl.evaluate.gate import check_evaluation_config, check_gate_config, decide
 
 KS = [10, 20, 50]
-GATE = GateConfig(tolerance=0.01, metrics=[
-    GatedMetric("click", "auc", floor=0.6),
-    GatedMetric("retrieval", "recall", k=20, floor=0.05),
-    GatedMetric("purchase", "log_loss", ceiling=0.2),
-    GatedMetric("repurchase_7d", "auc", floor=0.6, required=False),
-])
-GOOD = {("click", "auc", None): 0.72, ("retrieval", "recall", 20): 0.30, ("purchase", "log_loss", None): 0.10,
-        ("repurchase_7d", "auc", None): 0.80}
+GATE = GateConfig(
+    tolerance=0.01,
+    metrics=[
+        GatedMetric("click", "auc", floor=0.6),
+        GatedMetric("retrieval", "recall", k=20, floor=0.05),
+        GatedMetric("purchase", "log_loss", ceiling=0.2),
+        GatedMetric("repurchase_7d", "auc", floor=0.6, required=False),
+    ],
+)
+GOOD = {
+    ("click", "auc", None): 0.72,
+    ("retrieval", "recall", 20): 0.30,
+    ("purchase", "log_loss", None): 0.10,
+    ("repurchase_7d", "auc", None): 0.80,
+}
 
 
 def test_a_first_version_needs_only_its_floors():
@@ -64,22 +70,30 @@ def test_missing_values_fail_when_required_and_are_skipped_otherwise():
     skipped = [c for c in decision.checks if c.metric.task == "repurchase_7d"]
     assert skipped[0].passed and "skipped" in skipped[0].reason
     assert decision.as_dict()["checks"][0] == {
-        "task": "click", "metric": "auc", "k": None, "value": None, "champion_value": None, "passed": False,
+        "task": "click",
+        "metric": "auc",
+        "k": None,
+        "value": None,
+        "champion_value": None,
+        "passed": False,
         "reason": "click auc: no value on this ds (no labelled rows?), and it is required",
     }
 
 
-@pytest.mark.parametrize("metric, message", [
-    (GatedMetric("clicks", "auc", floor=0.6), "task: 'clicks' is not one of"),
-    (GatedMetric("click", "recall", k=20, floor=0.1), "metric: 'recall' is not a metric of task click"),
-    (GatedMetric("retrieval", "recall", floor=0.1), "needs a k from evaluation.ks"),
-    (GatedMetric("retrieval", "recall", k=30, floor=0.1), "needs a k from evaluation.ks"),
-    (GatedMetric("click", "auc", k=20, floor=0.6), "takes no k"),
-    (GatedMetric("click", "log_loss", floor=0.6), "lower-is-better: give a ceiling"),
-    (GatedMetric("click", "auc", ceiling=0.9), "higher-is-better: give a floor"),
-    (GatedMetric("click", "calibration"), "needs a floor, a ceiling or both"),
-    (GatedMetric("click", "auc", floor=0.6, tolerance=-0.1), "tolerance: must not be negative"),
-])
+@pytest.mark.parametrize(
+    "metric, message",
+    [
+        (GatedMetric("clicks", "auc", floor=0.6), "task: 'clicks' is not one of"),
+        (GatedMetric("click", "recall", k=20, floor=0.1), "metric: 'recall' is not a metric of task click"),
+        (GatedMetric("retrieval", "recall", floor=0.1), "needs a k from evaluation.ks"),
+        (GatedMetric("retrieval", "recall", k=30, floor=0.1), "needs a k from evaluation.ks"),
+        (GatedMetric("click", "auc", k=20, floor=0.6), "takes no k"),
+        (GatedMetric("click", "log_loss", floor=0.6), "lower-is-better: give a ceiling"),
+        (GatedMetric("click", "auc", ceiling=0.9), "higher-is-better: give a floor"),
+        (GatedMetric("click", "calibration"), "needs a floor, a ceiling or both"),
+        (GatedMetric("click", "auc", floor=0.6, tolerance=-0.1), "tolerance: must not be negative"),
+    ],
+)
 def test_gate_config_errors_name_the_metric(metric, message):
     with pytest.raises(ConfigError, match=message):
         check_gate_config(GateConfig(metrics=[metric]), KS)

@@ -48,8 +48,10 @@ def test_same_seed_same_bytes_other_seed_other_rows(spark, tmp_path):
     a, b, c = (_files(o / "events") for o in outs)
     assert a and a == b
     assert a != c
-    truth = [spark.read.parquet(str(o / "truth" / "impressions")).orderBy("user_id", "impression_ts", "position")
-             .toPandas() for o in outs[:2]]
+    truth = [
+        spark.read.parquet(str(o / "truth" / "impressions")).orderBy("user_id", "impression_ts", "position").toPandas()
+        for o in outs[:2]
+    ]
     assert truth[0].equals(truth[1])
 
 
@@ -59,7 +61,9 @@ def test_sizes_side_tables_and_dates(spark, world):
     assert spark.read.parquet(str(out / "items")).count() == g.items
     assert spark.read.parquet(str(out / "users")).count() == g.users
     assert spark.read.parquet(str(out / "truth" / "categories")).count() == g.categories
-    log = spark.read.csv(str(out / "events"), schema="user string, item string, category string, behavior string, ts long")
+    log = spark.read.csv(
+        str(out / "events"), schema="user string, item string, category string, behavior string, ts long"
+    )
     assert log.count() == result.events > 50_000
     assert {r.behavior for r in log.select("behavior").distinct().collect()} == {"pv", "fav", "cart", "buy"}
     users = log.select("user").distinct().count()
@@ -77,7 +81,9 @@ def test_new_items_appear_only_from_their_release_date(spark, world):
     items = spark.read.parquet(str(out / "items"))
     start = F.lit(cfg.generator.start_date).cast("date")
     assert items.filter(F.col("first_available_date") > start).count() > 0.1 * cfg.generator.items
-    log = spark.read.csv(str(out / "events"), schema="user string, item_id string, category string, behavior string, ts long")
+    log = spark.read.csv(
+        str(out / "events"), schema="user string, item_id string, category string, behavior string, ts long"
+    )
     dated = log.withColumn("date", F.to_date(F.from_utc_timestamp(F.timestamp_seconds("ts"), "Asia/Shanghai")))
     early = dated.join(items, "item_id").filter(F.col("date") < F.col("first_available_date"))
     assert early.count() == 0
@@ -99,8 +105,14 @@ def test_canonical_output_ingests_with_nothing_quarantined(spark, tmp_path):
     result = run_generate(spark, cfg)
     ingested = run_ingest(spark, cfg, str(tmp_path / "c" / "events"), format_name="canonical")
     assert (ingested.rows_read, ingested.quarantined, ingested.duplicates) == (result.events, 0, 0)
-    types = {r.event_type for r in spark.read.format("delta").load(str(tmp_path / "wh" / "events"))
-             .select("event_type").distinct().collect()}
+    types = {
+        r.event_type
+        for r in spark.read.format("delta")
+        .load(str(tmp_path / "wh" / "events"))
+        .select("event_type")
+        .distinct()
+        .collect()
+    }
     assert types == {"impression", "click", "fav", "cart", "purchase"}
 
 
@@ -114,25 +126,37 @@ def test_truth_averages_match_observed_rates(spark, world):
     cfg, _, out = world
     imp = spark.read.parquet(str(out / "truth" / "impressions"))
     for subset, p, y in ((imp, "p_click", "clicked"), (imp.filter("clicked"), "p_purchase", "purchased")):
-        s = subset.agg(F.count("*").alias("n"), F.avg(F.col(y).cast("double")).alias("rate"),
-                       F.avg(p).alias("mean_p"), F.sum(F.col(p) * (1 - F.col(p))).alias("var")).first()
+        s = subset.agg(
+            F.count("*").alias("n"),
+            F.avg(F.col(y).cast("double")).alias("rate"),
+            F.avg(p).alias("mean_p"),
+            F.sum(F.col(p) * (1 - F.col(p))).alias("var"),
+        ).first()
         assert s.n > 1000
         assert _within_sampling_error(s.rate, s.mean_p, s.var, s.n), (p, s)
 
     # Windows that do not overlap, so each repurchase is counted once and rows are independent.
     horizon = cfg.generator.repurchase_horizon_days
     labelled = _repurchase_labelled(spark, cfg, out).filter((F.col("day") - 1) % horizon == 0)
-    s = labelled.filter("level = 'item'").agg(
-        F.count("*").alias("n"), F.avg(F.col("repurchased").cast("double")).alias("rate"),
-        F.avg("p_repurchase").alias("mean_p"), F.sum(F.col("p_repurchase") * (1 - F.col("p_repurchase"))).alias("var"),
-    ).first()
+    s = (
+        labelled.filter("level = 'item'")
+        .agg(
+            F.count("*").alias("n"),
+            F.avg(F.col("repurchased").cast("double")).alias("rate"),
+            F.avg("p_repurchase").alias("mean_p"),
+            F.sum(F.col("p_repurchase") * (1 - F.col("p_repurchase"))).alias("var"),
+        )
+        .first()
+    )
     assert s.n > 1000 and s.rate > 0.005
     assert _within_sampling_error(s.rate, s.mean_p, s.var, s.n), s
 
 
 def _repurchase_labelled(spark, cfg, out):
     g = cfg.generator
-    log = spark.read.csv(str(out / "events"), schema="user_id string, item_id string, category_id string, b string, ts long")
+    log = spark.read.csv(
+        str(out / "events"), schema="user_id string, item_id string, category_id string, b string, ts long"
+    )
     start = F.lit(g.start_date).cast("date")
     purchases = log.filter("b = 'buy'").withColumn(
         "day", F.datediff(F.to_date(F.from_utc_timestamp(F.timestamp_seconds("ts"), "Asia/Shanghai")), start)
@@ -145,20 +169,24 @@ def test_consumables_are_rebought_far_more_than_durables(spark, world):
     cfg, _, out = world
     # Item level: an already-bought item is never shown again, so a rebuy is a replenishment.
     labelled = _repurchase_labelled(spark, cfg, out).filter("level = 'item'")
-    rate = {r.consumable: r.rate for r in labelled.groupBy("consumable").agg(
-        F.avg(F.col("repurchased").cast("double")).alias("rate")).collect()}
+    rate = {
+        r.consumable: r.rate
+        for r in labelled.groupBy("consumable").agg(F.avg(F.col("repurchased").cast("double")).alias("rate")).collect()
+    }
     assert rate[True] > 5 * rate[False], rate
     assert oracle_repurchase_auc(labelled, "item") > 0.8
 
 
 def test_a_model_of_the_true_factors_reaches_the_oracle_and_popularity_does_not(spark, world):
     cfg, _, out = world
-    imp = spark.read.parquet(str(out / "truth" / "impressions")).withColumns({
-        "label": F.col("clicked").cast("double"),
-        "hour_sin": F.sin(F.col("hour") * (2 * math.pi / 24)),
-        "hour_cos": F.cos(F.col("hour") * (2 * math.pi / 24)),
-        "position_d": F.col("position").cast("double"),
-    })
+    imp = spark.read.parquet(str(out / "truth" / "impressions")).withColumns(
+        {
+            "label": F.col("clicked").cast("double"),
+            "hour_sin": F.sin(F.col("hour") * (2 * math.pi / 24)),
+            "hour_cos": F.cos(F.col("hour") * (2 * math.pi / 24)),
+            "position_d": F.col("position").cast("double"),
+        }
+    )
     split = cfg.generator.days * 2 // 3
     train, test = imp.filter(F.col("day") < split), imp.filter(F.col("day") >= split)
 
@@ -166,7 +194,8 @@ def test_a_model_of_the_true_factors_reaches_the_oracle_and_popularity_does_not(
         assemble = VectorAssembler(inputCols=columns, outputCol="features")
         model = LogisticRegression(maxIter=50, regParam=0.0).fit(assemble.transform(train))
         scored = model.transform(assemble.transform(test)).withColumn(
-            "score", F.udf(lambda v: float(v[1]), "double")("probability"))
+            "score", F.udf(lambda v: float(v[1]), "double")("probability")
+        )
         return auc(scored, "score", "label")
 
     oracle = oracle_auc(test, "click")

@@ -2,8 +2,8 @@
 
 import os
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 from tests.conftest import LOCAL_CONF, ROOT, TEST_OVERRIDES
 
@@ -42,10 +42,14 @@ def test_end_to_end_run_and_missing_input(tmp_path):
     (raw / "part-0.csv").write_text("1,100,10,pv,1511600000\n2,101,11,buy,1511650000\n3,102,12,fav\n")
 
     ok = _run(
-        "--set", f"storage.warehouse={warehouse}",
-        "--set", f"ingest.input={tmp_path}/raw/{{ds}}",
-        "--set", "ingest.max_quarantine_share=0.5",
-        "--ds", "2017-11-26",
+        "--set",
+        f"storage.warehouse={warehouse}",
+        "--set",
+        f"ingest.input={tmp_path}/raw/{{ds}}",
+        "--set",
+        "ingest.max_quarantine_share=0.5",
+        "--ds",
+        "2017-11-26",
     )
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "rows read               3" in ok.stdout
@@ -73,10 +77,20 @@ def test_under_spark_submit_the_master_comes_from_spark_submit(tmp_path):
     from mtl.spark import delta_package
 
     cmd = [
-        str(spark_submit), "--master", "local[1]",
-        "--packages", delta_package(),
-        str(JOB), "--conf", str(LOCAL_CONF), "--input", str(raw),
-        "--set", f"storage.warehouse={tmp_path / 'wh'}", "--set", "spark.master=local[2]",
+        str(spark_submit),
+        "--master",
+        "local[1]",
+        "--packages",
+        delta_package(),
+        str(JOB),
+        "--conf",
+        str(LOCAL_CONF),
+        "--input",
+        str(raw),
+        "--set",
+        f"storage.warehouse={tmp_path / 'wh'}",
+        "--set",
+        "spark.master=local[2]",
     ]
     # spark-submit runs the job with this interpreter (the project's environment).
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}

@@ -77,9 +77,9 @@ def test_transactions_with_other_column_names_and_zones_through_config_only(spar
     )
     path = write_file(
         "retail.csv",
-        'InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID\n'
+        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID\n"
         '536365,85123A,"WHITE HANGING HEART, T-LIGHT HOLDER",6,12/1/2010 8:26,2.55,17850\n'
-        '536366,22633,HAND WARMER,6,7/1/2011 23:30,1.85,17850\n',  # British summer time: 22:30 UTC
+        "536366,22633,HAND WARMER,6,7/1/2011 23:30,1.85,17850\n",  # British summer time: 22:30 UTC
     )
     result = run_ingest(spark, cfg, path, format_name="transactions")
     assert (result.rows_read, result.accepted, result.quarantined) == (2, 2, 0)
@@ -129,7 +129,8 @@ def test_json_lines_and_parquet_readers(spark, make_config, write_file, tmp_path
 
     parquet_dir = str(tmp_path / "pq")
     spark.createDataFrame(
-        [("u9", 5, "fav", T(2024, 5, 2, 1, 2, 3))], "user_id string, item_id long, event_type string, event_ts timestamp"
+        [("u9", 5, "fav", T(2024, 5, 2, 1, 2, 3))],
+        "user_id string, item_id long, event_type string, event_ts timestamp",
     ).write.parquet(parquet_dir)
     cfg_pq = make_config("formats.canonical.reader=parquet")
     result = run_ingest(spark, cfg_pq, parquet_dir, format_name="canonical")

@@ -5,8 +5,8 @@ import json
 import pytest
 from pyspark.sql import functions as F
 
-from mtl.ingest.job import QuarantineLimitExceeded, run_ingest
 from mtl.ingest import normalize as N
+from mtl.ingest.job import QuarantineLimitExceeded, run_ingest
 from mtl.tables import EVENTS
 from tests.helpers import event_tuples, events, quarantine, runs
 
@@ -38,8 +38,13 @@ def test_every_bad_row_kind_is_quarantined_with_its_reason(spark, make_config, w
     assert (result.accepted, result.quarantined, result.duplicates) == (1, len(lines), 0)
     assert result.rows_read == result.accepted + result.quarantined + result.duplicates
     assert result.reject_reasons == {
-        N.MALFORMED_RECORD: 2, N.MISSING_USER_ID: 1, N.MISSING_ITEM_ID: 1, N.MISSING_TIMESTAMP: 1,
-        N.BAD_TIMESTAMP: 1, N.TIMESTAMP_OUT_OF_RANGE: 2, N.UNKNOWN_EVENT_TYPE: 1,
+        N.MALFORMED_RECORD: 2,
+        N.MISSING_USER_ID: 1,
+        N.MISSING_ITEM_ID: 1,
+        N.MISSING_TIMESTAMP: 1,
+        N.BAD_TIMESTAMP: 1,
+        N.TIMESTAMP_OUT_OF_RANGE: 2,
+        N.UNKNOWN_EVENT_TYPE: 1,
     }
 
     # Malformed lines are kept verbatim; other rows as JSON of all their fields (blank -> null).
@@ -48,9 +53,7 @@ def test_every_bad_row_kind_is_quarantined_with_its_reason(spark, make_config, w
     def raw_json(line):
         return json.dumps({c: v or None for c, v in zip(columns, line.split(","))}, separators=(",", ":"))
 
-    expected = {
-        line if reason == N.MALFORMED_RECORD else raw_json(line): reason for line, reason in lines.items()
-    }
+    expected = {line if reason == N.MALFORMED_RECORD else raw_json(line): reason for line, reason in lines.items()}
     found = _reasons_by_raw(spark, cfg, result.run_id)
     assert {raw: reason for raw, (reason, _) in found.items()} == expected
     assert found[raw_json("1,100,10,like,1511600000")] == (N.UNKNOWN_EVENT_TYPE, "like")

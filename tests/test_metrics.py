@@ -5,8 +5,8 @@ import pytest
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import ndcg_score, roc_auc_score
 
-from mtl import metrics
-from mtl.metrics import Relevance
+from mtl import metric_functions as metrics
+from mtl.metric_functions import Relevance
 
 
 def _binary_data(rng, n, users=None, tie_decimals=1):

@@ -9,9 +9,9 @@ import pytest
 from pyspark.sql import functions as F
 
 from mtl import registry
+from mtl.cli.pipeline import StepFailed, main, run_day
 from mtl.config import load_config
 from mtl.generate.job import run_generate
-from mtl.pipeline.runner import StepFailed, main, run_day
 from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
 from tests.conftest import LOCAL_CONF
 from tests.generated import START, world_overrides
@@ -30,8 +30,9 @@ def _partition(spark, cfg, spec, ds):
 def pipeline_world(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline_world")
     # The tiny world and model test the chain's mechanics; gate quality is tested in test_gate.py.
-    overrides = world_overrides(root, "pipeline.full_retrain_weekday=null",
-                                "gate.metrics=[{task: click, metric: auc, floor: 0.5}]")
+    overrides = world_overrides(
+        root, "pipeline.full_retrain_weekday=null", "gate.metrics=[{task: click, metric: auc, floor: 0.5}]"
+    )
     cfg = load_config(LOCAL_CONF, overrides)
     run_generate(spark, cfg)
     return cfg, overrides

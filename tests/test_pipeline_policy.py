@@ -13,15 +13,16 @@ import pytest
 from mlflow import MlflowClient
 
 from mtl import registry
+from mtl.cli import build_features as features_cli
+from mtl.cli import evaluate as evaluate_cli
+from mtl.cli import publish as publish_cli
+from mtl.cli import train as train_cli
 from mtl.config import load_config
 from mtl.errors import InputError, JobError
-from mtl.evaluate import job as evaluate_job
 from mtl.evaluate import publish as publish_job
-from mtl.features import job as features_job
 from mtl.pipeline import policy
-from mtl.runs import RunRecorder
+from mtl.run_record import RunRecorder
 from mtl.tables import TRAINING_EXAMPLES
-from mtl.train import job as train_job
 from tests.conftest import LOCAL_CONF, TEST_OVERRIDES
 from tests.helpers import runs
 
@@ -39,8 +40,10 @@ def tracking_uri(tmp_path_factory) -> str:
 @pytest.fixture
 def overrides(tmp_path: Path, tracking_uri: str, request) -> list[str]:
     return TEST_OVERRIDES + [
-        f"storage.warehouse={tmp_path / 'warehouse'}", f"tracking.tracking_uri={tracking_uri}",
-        f"tracking.registered_model=policy-{request.node.name}", "training.window_days=10",
+        f"storage.warehouse={tmp_path / 'warehouse'}",
+        f"tracking.tracking_uri={tracking_uri}",
+        f"tracking.registered_model=policy-{request.node.name}",
+        "training.window_days=10",
         "pipeline.full_retrain_weekday=6",
     ]
 
@@ -66,15 +69,21 @@ def _register(cfg, ds: dt.date) -> str:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     if not client.search_registered_models(f"name = '{cfg.tracking.registered_model}'"):
         client.create_registered_model(cfg.tracking.registered_model)
-    version = client.create_model_version(cfg.tracking.registered_model, source="file:///nowhere",
-                                          tags={"ds": ds.isoformat(), "mode": "full"})
+    version = client.create_model_version(
+        cfg.tracking.registered_model, source="file:///nowhere", tags={"ds": ds.isoformat(), "mode": "full"}
+    )
     return str(version.version)
 
 
 def _training_examples(spark, cfg, days: list[dt.date]) -> None:
     # feature_days reads only the ds partitions of training_examples
-    (spark.createDataFrame([(d, "u1") for d in days], "ds date, user_id string").write.format("delta").mode("append")
-     .partitionBy("ds").save(TRAINING_EXAMPLES.path(cfg.storage)))
+    (
+        spark.createDataFrame([(d, "u1") for d in days], "ds date, user_id string")
+        .write.format("delta")
+        .mode("append")
+        .partitionBy("ds")
+        .save(TRAINING_EXAMPLES.path(cfg.storage))
+    )
 
 
 def _score_run(spark, cfg, ds: dt.date, version: str, fail: bool = False) -> None:
@@ -105,12 +114,12 @@ def test_feature_days_adds_missing_window_days_and_matured_labels(spark, cfg):
 def test_build_features_with_pending_days_builds_the_policy_days(spark, cfg, overrides, monkeypatch):
     _training_examples(spark, cfg, [D - k * DAY for k in range(10, 0, -1)])
     built = []
-    monkeypatch.setattr(features_job, "build_features_days", lambda spark, cfg, days: built.append(days) or [])
-    assert features_job.main(_args(overrides, "--ds", str(D), "--with-pending-days")) == 0
-    assert features_job.main(_args(overrides, "--ds", str(D))) == 0
+    monkeypatch.setattr(features_cli, "build_features_days", lambda spark, cfg, days: built.append(days) or [])
+    assert features_cli.main(_args(overrides, "--ds", str(D), "--with-pending-days")) == 0
+    assert features_cli.main(_args(overrides, "--ds", str(D))) == 0
     assert built == [[D - 7 * DAY, D], [D]]
     with pytest.raises(SystemExit):  # a backfill range has no pending days
-        features_job.main(_args(overrides, "--start", str(D), "--end", str(D), "--with-pending-days"))
+        features_cli.main(_args(overrides, "--start", str(D), "--end", str(D), "--with-pending-days"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,10 +131,15 @@ def test_train_mode_full_first_then_incremental_and_full_on_the_weekday(cfg):
     registry.set_champion(cfg, _register(cfg, D - DAY))
     assert policy.train_mode(cfg, D) == "incremental"
     assert policy.train_mode(cfg, SUNDAY) == "full"  # pipeline.full_retrain_weekday=6
-    never = load_config(LOCAL_CONF, [f"storage.warehouse={cfg.storage.warehouse}",
-                                     f"tracking.tracking_uri={cfg.tracking.tracking_uri}",
-                                     f"tracking.registered_model={cfg.tracking.registered_model}",
-                                     "pipeline.full_retrain_weekday=null"])
+    never = load_config(
+        LOCAL_CONF,
+        [
+            f"storage.warehouse={cfg.storage.warehouse}",
+            f"tracking.tracking_uri={cfg.tracking.tracking_uri}",
+            f"tracking.registered_model={cfg.tracking.registered_model}",
+            "pipeline.full_retrain_weekday=null",
+        ],
+    )
     assert policy.train_mode(never, SUNDAY) == "incremental"
 
 
@@ -139,8 +153,10 @@ def test_choose_training_reuses_the_version_of_ds_unless_retrain_or_an_explicit_
     assert policy.trained_version(cfg, D) == v3 == policy.require_trained_version(cfg, D)
     rerun = policy.choose_training(cfg, D)
     assert (rerun.mode, rerun.reuse) == (None, v3) and "reused" in rerun.reason
-    assert (policy.choose_training(cfg, D, retrain=True).mode, policy.choose_training(cfg, D, retrain=True).reuse) \
-        == ("incremental", None)
+    assert (policy.choose_training(cfg, D, retrain=True).mode, policy.choose_training(cfg, D, retrain=True).reuse) == (
+        "incremental",
+        None,
+    )
     for mode in ("full", "incremental"):
         assert (policy.choose_training(cfg, D, mode).mode, policy.choose_training(cfg, D, mode).reuse) == (mode, None)
     with pytest.raises(InputError, match="no version trained for ds 2024-03-11"):
@@ -149,14 +165,14 @@ def test_choose_training_reuses_the_version_of_ds_unless_retrain_or_an_explicit_
 
 def test_train_job_auto_on_a_rerun_keeps_the_version_and_records_it(spark, cfg, overrides, capsys):
     version = _register(cfg, D)
-    assert train_job.main(_args(overrides, "--ds", str(D), "--mode", "auto")) == 0
+    assert train_cli.main(_args(overrides, "--ds", str(D), "--mode", "auto")) == 0
     assert f"version {version} was trained for {D} already" in capsys.readouterr().out
     assert registry.versions_for_ds(cfg, D.isoformat()) == [version]  # nothing trained
     row = runs(spark, cfg).where("job = 'train'").collect()
     assert [(r.ds, r.status, r.model_version) for r in row] == [(D, "succeeded", version)]
     assert '"outcome": "reused"' in row[0].details
     with pytest.raises(SystemExit):
-        train_job.main(_args(overrides, "--ds", str(D), "--mode", "full", "--retrain"))
+        train_cli.main(_args(overrides, "--ds", str(D), "--mode", "full", "--retrain"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,7 +194,7 @@ def test_publish_skips_a_version_older_than_the_champion(spark, cfg, overrides, 
     result = publish_job.run_publish(spark, cfg, D, old)
     assert (result.published, result.outcome, result.previous_champion) == (False, publish_job.SUPERSEDED, new)
     assert registry.champion_version(cfg) == new
-    assert publish_job.main(_args(overrides, "--ds", str(D), "--trained-for-ds")) == 0
+    assert publish_cli.main(_args(overrides, "--ds", str(D), "--trained-for-ds")) == 0
     assert f"skipped: a newer version ({new}) is already the champion" in capsys.readouterr().out
     assert registry.champion_version(cfg) == new
     outcomes = [r.details for r in runs(spark, cfg).where("job = 'publish'").collect()]
@@ -190,7 +206,7 @@ def test_publish_skips_a_version_older_than_the_champion(spark, cfg, overrides, 
 
 def test_evaluate_and_publish_trained_for_ds_need_a_version_of_ds(cfg, overrides, capsys):
     _register(cfg, D + DAY)  # the latest registered version is another day's
-    for main in (evaluate_job.main, publish_job.main):
+    for main in (evaluate_cli.main, publish_cli.main):
         assert main(_args(overrides, "--ds", str(D), "--trained-for-ds")) == 1
         assert "has no version trained for ds 2024-03-13" in capsys.readouterr().err
         with pytest.raises(SystemExit):

@@ -72,8 +72,13 @@ def shared_config(shared_warehouse, request):
 def test_artifact_round_trip(tmp_path):
     model = _model(1)
     model(torch.tensor([1, 2, 3]))  # moves the BatchNorm running statistics off their defaults
-    folder = _save(tmp_path / "artifact", model, git_commit="abc123", tables_read={"training_examples": 4},
-                   metrics={"click_auc": 0.71, "click_gauc": float("nan")})
+    folder = _save(
+        tmp_path / "artifact",
+        model,
+        git_commit="abc123",
+        tables_read={"training_examples": 4},
+        metrics={"click_auc": 0.71, "click_gauc": float("nan")},
+    )
 
     assert sorted(os.listdir(folder)) == sorted(registry.ARTIFACT_FILES)
     artifact = registry.load_artifact(folder)
@@ -82,7 +87,10 @@ def test_artifact_round_trip(tmp_path):
     assert artifact.model_config == {"items": 20, "dim": 4, "tasks": ["click", "purchase"]}
     assert artifact.feature_stats == {"price": {"mean": 12.5, "std": 3.0}}
     assert artifact.metadata == {
-        "ds": "2024-03-10", "mode": "daily", "git_commit": "abc123", "tables_read": {"training_examples": 4},
+        "ds": "2024-03-10",
+        "mode": "daily",
+        "git_commit": "abc123",
+        "tables_read": {"training_examples": 4},
         "metrics": {"click_auc": 0.71, "click_gauc": None},  # strict JSON: NaN is written as null
     }
     assert artifact.version is None
@@ -183,7 +191,7 @@ def test_run_that_raises_is_marked_failed(shared_config):
     with pytest.raises(ZeroDivisionError):
         with registry.MlflowRun(shared_config) as run:
             run.log_metrics({"loss": 1.0}, step=0)
-            1 / 0
+            1 / 0  # noqa: B018  (the failure under test)
     assert MlflowClient(registry.tracking_uri(shared_config)).get_run(run.run_id).info.status == "FAILED"
 
 
@@ -254,7 +262,13 @@ def test_register_refuses_an_incomplete_folder(shared_config, tmp_path):
 
 
 def test_metadata_json_is_strict(tmp_path):
-    folder = _save(tmp_path / "artifact", _model(9), rows=np.int64(7), loss=np.float32(0.5), day=dt.date(2024, 3, 9),
-                   bad=float("inf"))
+    folder = _save(
+        tmp_path / "artifact",
+        _model(9),
+        rows=np.int64(7),
+        loss=np.float32(0.5),
+        day=dt.date(2024, 3, 9),
+        bad=float("inf"),
+    )
     metadata = json.loads((folder / registry.METADATA_FILE).read_text())
     assert metadata == {"ds": "2024-03-10", "mode": "daily", "rows": 7, "loss": 0.5, "day": "2024-03-09", "bad": None}

@@ -18,20 +18,21 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mtl import registry
+from mtl.cli.score import main
 from mtl.config import ConfigError, ScoringFiltersConfig, load_config
-from mtl.data.loader import in_memory_batches
+from mtl.data.batch import in_memory_batches
 from mtl.errors import JobError
 from mtl.features.assemble import model_inputs, user_inputs
 from mtl.features.job import build_features
-from mtl.features.schema import model_fields
-from mtl.models.config import load_model_config
+from mtl.models.artifacts import load_model, read_feature_stats, save_model
 from mtl.models.model import build_model
-from mtl.score.checks import OutputCheckError, check_recommendations, check_repurchase
-from mtl.score.job import main, read_features, run_score
+from mtl.models.model_config import load_model_config
+from mtl.schema import model_fields
+from mtl.score.job import read_features, run_score
+from mtl.score.output_checks import OutputCheckError, check_recommendations, check_repurchase
 from mtl.score.rank import repurchasable_categories, score_column
 from mtl.score.workers import USER_TOWER_COLUMNS, dense_defaults, model_batch, user_batch
 from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
-from mtl.train.artifacts import load_model, read_feature_stats, save_model
 from tests.conftest import LOCAL_CONF, ROOT, TEST_OVERRIDES
 from tests.helpers import read_table, runs, write_events
 
@@ -39,14 +40,23 @@ D = dt.date(2024, 3, 10)
 CATEGORY = {f"i{n}": f"c{(n - 1) // 4 + 1}" for n in range(1, 13)}  # c1: i1-i4, c2: i5-i8, c3: i9-i12
 ACTIVE = ["u1", "u2", "u3", "u4", "u5"]
 TINY_MODEL = [
-    "embedding.dim=8", "embedding.buckets={user: 101, item: 101, category: 17, row_kind: 8}",
-    "architecture.experts=2", "architecture.expert_units=[16]", "architecture.tower_units=[8]",
-    "architecture.dropout=0.0", "retrieval.dim=8", "retrieval.tower_units=[16]", "retrieval.frequency_buckets=64",
+    "embedding.dim=8",
+    "embedding.buckets={user: 101, item: 101, category: 17, row_kind: 8}",
+    "architecture.experts=2",
+    "architecture.expert_units=[16]",
+    "architecture.tower_units=[8]",
+    "architecture.dropout=0.0",
+    "retrieval.dim=8",
+    "retrieval.tower_units=[16]",
+    "retrieval.frequency_buckets=64",
 ]
 # Small tiles and batches so a handful of users and items still takes every path of the scan.
 SCAN = ["scoring.item_block_size=4", "scoring.users_per_batch=2"]
-NO_FILTERS = ["scoring.filters.recent_purchase_days=0", "scoring.filters.max_per_category=null",
-              "scoring.filters.repurchasable_min_rate=null"]
+NO_FILTERS = [
+    "scoring.filters.recent_purchase_days=0",
+    "scoring.filters.max_per_category=null",
+    "scoring.filters.repurchasable_min_rate=null",
+]
 
 
 def _log() -> list[tuple]:
@@ -107,8 +117,14 @@ def _plain(spark, cfg, rows: list[tuple]):
     features = read_features(spark, cfg, D)
     artifact = registry.load_version(cfg)
     frame = spark.createDataFrame(rows, "user_id string, item_id string, day_category_id string, row_kind string")
-    inputs = model_inputs(frame, features.users, features.items, features.user_cats, features.user_items,
-                          artifact.feature_stats["defaults"]).toPandas()
+    inputs = model_inputs(
+        frame,
+        features.users,
+        features.items,
+        features.user_cats,
+        features.user_items,
+        artifact.feature_stats["defaults"],
+    ).toPandas()
     batch = next(in_memory_batches(inputs, len(inputs), labels=()))
     model = load_model(artifact)
     with torch.no_grad():
@@ -184,14 +200,22 @@ def test_recommendations_and_repurchase_equal_plain_pytorch(spark, world):
     # with the days since the last purchase.
     u6_days = (D - dt.date(2024, 1, 15)).days
     expected_days = {
-        ("u1", "i1", "c1"): 2, ("u1", None, "c1"): 2, ("u1", "i5", "c2"): 3, ("u1", None, "c2"): 3,
-        ("u2", "i6", "c2"): 38, ("u2", None, "c2"): 38, ("u6", "i9", "c3"): u6_days, ("u6", None, "c3"): u6_days,
+        ("u1", "i1", "c1"): 2,
+        ("u1", None, "c1"): 2,
+        ("u1", "i5", "c2"): 3,
+        ("u1", None, "c2"): 3,
+        ("u2", "i6", "c2"): 38,
+        ("u2", None, "c2"): 38,
+        ("u6", "i9", "c3"): u6_days,
+        ("u6", None, "c3"): u6_days,
     }
     rows = [(u, i, c, "repurchase_item" if i else "repurchase_category") for u, i, c in expected_days]
     inputs, _, _, probs = _plain(spark, cfg, rows)
     expected_rep = {
-        (inputs["user_id"][r], inputs["item_id"][r], inputs["category_id"][r]):
-            (probs["repurchase_7d"][r].item(), probs["repurchase_30d"][r].item())
+        (inputs["user_id"][r], inputs["item_id"][r], inputs["category_id"][r]): (
+            probs["repurchase_7d"][r].item(),
+            probs["repurchase_30d"][r].item(),
+        )
         for r in range(len(inputs))
     }
     published = _published(spark, cfg, REPURCHASE_PREDICTIONS).collect()
@@ -225,8 +249,9 @@ def test_user_inputs_are_model_inputs_of_rows_without_an_item(spark, world):
     artifact = registry.load_version(cfg)
     defaults = artifact.feature_stats["defaults"]
     none = F.lit(None).cast("string")
-    rows = features.users.select("user_id", none.alias("item_id"), none.alias("day_category_id"),
-                                 F.lit("exposure").alias("row_kind"))
+    rows = features.users.select(
+        "user_id", none.alias("item_id"), none.alias("day_category_id"), F.lit("exposure").alias("row_kind")
+    )
     expected = model_inputs(rows, features.users, features.items.limit(0), *features.no_pairs, defaults)
     actual = user_inputs(features.users, defaults)
     assert actual.schema == expected.schema
@@ -246,20 +271,29 @@ def test_filters_availability_recent_purchases_and_category_cap(spark, world, tm
     items = [(i, c, i not in ("i8", "i11"), dt.date(2024, 3, 20) if i == "i12" else None) for i, c in CATEGORY.items()]
     items.append(("i13", "c3", True, dt.date(2024, 3, 1)))  # a new item: no events, no features
     spark.createDataFrame(items, "item_id string, category_id string, in_stock boolean, launch date").write.parquet(
-        str(tmp_path / "items"))
+        str(tmp_path / "items")
+    )
     cfg = _config(
-        root, "scoring.k=10", "scoring.candidates=10", f"scoring.items.path={tmp_path / 'items'}",
-        "scoring.items.format=parquet", "scoring.items.available_column=in_stock",
-        "scoring.items.available_from_column=launch", "scoring.filters.recent_purchase_days=30",
-        "scoring.filters.repurchasable_categories=[c2]", "scoring.filters.repurchasable_min_rate=null",
+        root,
+        "scoring.k=10",
+        "scoring.candidates=10",
+        f"scoring.items.path={tmp_path / 'items'}",
+        "scoring.items.format=parquet",
+        "scoring.items.available_column=in_stock",
+        "scoring.items.available_from_column=launch",
+        "scoring.filters.recent_purchase_days=30",
+        "scoring.filters.repurchasable_categories=[c2]",
+        "scoring.filters.repurchasable_min_rate=null",
         "scoring.filters.max_per_category=3",
     )
     result = run_score(spark, cfg, D)
     assert result.catalogue_items == 10  # i8, i11 out of stock; i12 launches after D; i13 new
 
     actual = _lists(spark, cfg)
-    by_category = {u: {c: {r.item_id for r in rows if r.category_id == c} for c in ("c1", "c2", "c3")}
-                   for u, rows in actual.items()}
+    by_category = {
+        u: {c: {r.item_id for r in rows if r.category_id == c} for c in ("c1", "c2", "c3")}
+        for u, rows in actual.items()
+    }
     # u1 bought i1 (c1) 2 days ago: gone. u1 bought i5 3 days ago, but c2 is repurchasable: kept.
     assert by_category["u1"]["c1"] == {"i2", "i3", "i4"}
     for user in ACTIVE:
@@ -273,8 +307,15 @@ def test_filters_availability_recent_purchases_and_category_cap(spark, world, tm
 def test_repurchasable_categories_by_rate(spark, world):
     root, _ = world
     cats = spark.createDataFrame(
-        [("a", "x", 2.0), ("b", "x", 1.0), ("c", "x", 3.0), ("a", "y", 1.0), ("b", "y", 1.0), ("c", "y", 0.0),
-         ("a", "z", 2.0)],
+        [
+            ("a", "x", 2.0),
+            ("b", "x", 1.0),
+            ("c", "x", 3.0),
+            ("a", "y", 1.0),
+            ("b", "y", 1.0),
+            ("c", "y", 0.0),
+            ("a", "z", 2.0),
+        ],
         "user_id string, category_id string, uc_purchase_days double",
     )
     rule = ScoringFiltersConfig(repurchasable_categories=["w"], repurchasable_min_rate=0.5, repurchasable_min_buyers=2)
@@ -284,10 +325,13 @@ def test_repurchasable_categories_by_rate(spark, world):
 
 def test_score_formula(spark, make_config):
     sc = make_config("scoring.alpha=0.5", "scoring.beta=1.0", "scoring.min_price=2.0").scoring
-    rows = spark.createDataFrame([(0.5, 0.2, 10.0), (0.1, 0.3, 0.0)], "p_click double, p_purchase double, i_price double")
+    rows = spark.createDataFrame(
+        [(0.5, 0.2, 10.0), (0.1, 0.3, 0.0)], "p_click double, p_purchase double, i_price double"
+    )
     # pCTR x min(p_purchase / pCTR, 1)^alpha x max(price, min_price)^beta
     assert [r.s for r in rows.select(score_column(sc).alias("s")).collect()] == pytest.approx(
-        [0.5 * 0.4**0.5 * 10.0, 0.1 * 1.0 * 2.0])
+        [0.5 * 0.4**0.5 * 10.0, 0.1 * 1.0 * 2.0]
+    )
 
 
 def test_rerun_replaces_pseudonymises_and_a_failed_check_keeps_the_partition(spark, world, monkeypatch):
@@ -295,8 +339,9 @@ def test_rerun_replaces_pseudonymises_and_a_failed_check_keeps_the_partition(spa
     run_score(spark, _config(root, "scoring.k=3", *NO_FILTERS), D)
     assert _published(spark, _config(root)).count() == 15
 
-    private = _config(root, "scoring.k=2", "scoring.pseudonymize=true", "scoring.pseudonym_key_env=TEST_SCORE_KEY",
-                      *NO_FILTERS)
+    private = _config(
+        root, "scoring.k=2", "scoring.pseudonymize=true", "scoring.pseudonym_key_env=TEST_SCORE_KEY", *NO_FILTERS
+    )
     monkeypatch.delenv("TEST_SCORE_KEY", raising=False)
     with pytest.raises(JobError, match="TEST_SCORE_KEY"):
         run_score(spark, private, D)
@@ -306,7 +351,8 @@ def test_rerun_replaces_pseudonymises_and_a_failed_check_keeps_the_partition(spa
     hashed = {u: hmac.new(b"s3cret", u.encode(), hashlib.sha256).hexdigest() for u in ACTIVE + ["u6"]}
     assert sorted(r.user_id for r in rows) == sorted(hashed[u] for u in ACTIVE for _ in range(2))
     assert {r.user_id for r in _published(spark, private, REPURCHASE_PREDICTIONS).collect()} == {
-        hashed[u] for u in ("u1", "u2", "u6")}
+        hashed[u] for u in ("u1", "u2", "u6")
+    }
     history = f"DESCRIBE HISTORY delta.`{DAILY_RECOMMENDATIONS.path(private.storage)}`"
     version_before = spark.sql(history).first().version
 
@@ -322,8 +368,11 @@ def test_rerun_replaces_pseudonymises_and_a_failed_check_keeps_the_partition(spa
 
 
 def test_output_checks_catch_planted_violations(spark):
-    good = [(D, "u1", 1, "i1", "c1", 0.3, 0.5, 0.3, "1"), (D, "u1", 2, "i2", "c1", 0.2, 0.4, 0.2, "1"),
-            (D, "u2", 1, "i1", "c1", 0.1, 0.2, 0.1, "1")]
+    good = [
+        (D, "u1", 1, "i1", "c1", 0.3, 0.5, 0.3, "1"),
+        (D, "u1", 2, "i2", "c1", 0.2, 0.4, 0.2, "1"),
+        (D, "u2", 1, "i1", "c1", 0.1, 0.2, 0.1, "1"),
+    ]
     schema = DAILY_RECOMMENDATIONS.schema
 
     def violations(rows, k=2):
@@ -332,22 +381,38 @@ def test_output_checks_catch_planted_violations(spark):
     assert violations(good) == ()
     assert violations(good + [(D, "u1", 3, "i3", "c1", 0.1, 0.2, 0.1, "1")]) == ("1 users with more than 2 rows",)
     assert violations([good[0], (D, "u1", 3, "i2", "c1", 0.2, 0.4, 0.2, "1"), good[2]]) == (
-        "1 users whose ranks are not 1..n without gaps or repeats",)
+        "1 users whose ranks are not 1..n without gaps or repeats",
+    )
     assert violations(good[:1] + [(D, "u1", 2, "i1", "c1", 0.2, 0.4, 0.2, "1")] + good[2:]) == (
-        "1 users with an item listed twice",)
-    bad_row = "1 rows with a probability that is not in [0, 1] or a score that is not a finite number >= 0 " \
+        "1 users with an item listed twice",
+    )
+    bad_row = (
+        "1 rows with a probability that is not in [0, 1] or a score that is not a finite number >= 0 "
         "(null and NaN count)"
+    )
     assert violations(good[:2] + [(D, "u2", 1, "i1", "c1", 0.1, 1.5, 0.1, "1")]) == (bad_row,)
     assert violations(good[:2] + [(D, "u2", 1, "i1", "c1", math.nan, 0.2, 0.1, "1")]) == (bad_row,)
 
     rep_schema = T.StructType([T.StructField(f.name, f.dataType, True) for f in REPURCHASE_PREDICTIONS.schema])
     rep = [(D, "u1", "i1", "c1", 0.2, 0.3, 2, "1"), (D, "u1", None, "c1", 0.2, 0.3, 2, "1")]
-    rep_violations = lambda rows: check_repurchase(spark.createDataFrame(rows, rep_schema),  # noqa: E731
-                                                   ["p_repurchase_7d", "p_repurchase_30d"]).violations
+
+    def rep_violations(rows):
+        return check_repurchase(
+            spark.createDataFrame(rows, rep_schema), ["p_repurchase_7d", "p_repurchase_30d"]
+        ).violations
+
     assert rep_violations(rep) == ()
-    assert rep_violations(rep + [(D, None, "i2", "c1", 0.2, 0.3, 2, "1"), (D, "u2", None, None, 0.2, 0.3, 2, "1"),
-                                 rep[0], (D, "u3", "i3", "c1", None, 0.3, 0, "1")]) == (
-        "1 rows with a null user_id", "1 rows with neither an item nor a category",
+    assert rep_violations(
+        rep
+        + [
+            (D, None, "i2", "c1", 0.2, 0.3, 2, "1"),
+            (D, "u2", None, None, 0.2, 0.3, 2, "1"),
+            rep[0],
+            (D, "u3", "i3", "c1", None, 0.3, 0, "1"),
+        ]
+    ) == (
+        "1 rows with a null user_id",
+        "1 rows with neither an item nor a category",
         "1 repeated (user, item, category) rows",
         "1 rows with p_repurchase_7d, p_repurchase_30d not in [0, 1] (null and NaN count) "
         "or days_since_last_purchase below 1",
@@ -363,6 +428,15 @@ def test_config_checks_and_cli_errors(make_config, tmp_path, capsys):
         make_config("scoring.filters.recent_purchase_days=180")
     with pytest.raises(ConfigError, match="scoring.items.path: required"):
         make_config("scoring.items.available_column=in_stock")
-    code = main(["--conf", str(LOCAL_CONF), "--ds", D.isoformat(), "--set", f"storage.warehouse={tmp_path / 'empty'}",
-                 *[arg for o in TEST_OVERRIDES for arg in ("--set", o)]])
+    code = main(
+        [
+            "--conf",
+            str(LOCAL_CONF),
+            "--ds",
+            D.isoformat(),
+            "--set",
+            f"storage.warehouse={tmp_path / 'empty'}",
+            *[arg for o in TEST_OVERRIDES for arg in ("--set", o)],
+        ]
+    )
     assert code == 1

@@ -22,7 +22,7 @@ SAMPLE = SHARED_DATA / "taobao_user_behavior_sample.csv"
 CHINA = ZoneInfo("Asia/Shanghai")
 D = dt.date(2017, 11, 28)  # trains on D-2, validates on D-1, scores D
 MODEL = f"""\
-extends: {ROOT / 'conf' / 'models' / 'mmoe.yaml'}
+extends: {ROOT / "conf" / "models" / "mmoe.yaml"}
 embedding: {{dim: 8, buckets: {{user: 4096, item: 65536, category: 4096, row_kind: 8}}}}
 architecture: {{experts: 2, expert_units: [16], tower_units: [8], dropout: 0.0}}
 retrieval: {{dim: 16, tower_units: [32], frequency_buckets: 65536}}
@@ -50,8 +50,11 @@ def _sample_before_d():
 def test_scoring_with_the_published_model_of_the_real_sample(spark, make_config, tmp_path):
     (tmp_path / "model.yaml").write_text(MODEL)
     cfg = make_config(
-        f"ingest.input={SAMPLE}", f"model_config={tmp_path / 'model.yaml'}", "training.window_days=2",
-        "training.torch_threads=1", "scoring.filters.repurchasable_min_rate=null",
+        f"ingest.input={SAMPLE}",
+        f"model_config={tmp_path / 'model.yaml'}",
+        "training.window_days=2",
+        "training.torch_threads=1",
+        "scoring.filters.repurchasable_min_rate=null",
         "scoring.filters.max_per_category=null",
     )
     run_ingest(spark, cfg)

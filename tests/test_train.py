@@ -11,9 +11,9 @@ import torch
 from mtl import registry
 from mtl.data.snapshot import snapshot_files
 from mtl.errors import InputError
-from mtl.runs import RunRecorder  # noqa: F401  (pipeline_runs rows are checked through helpers)
+from mtl.models.artifacts import load_model
+from mtl.run_record import RunRecorder  # noqa: F401  (pipeline_runs rows are checked through helpers)
 from mtl.tables import TRAINING_EXAMPLES
-from mtl.train.artifacts import load_model
 from mtl.train.job import plan_training, run_train, unknown_labels
 from tests.generated import START, build_world, world_config
 from tests.helpers import runs

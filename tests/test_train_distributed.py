@@ -43,7 +43,16 @@ def _train_command(overrides, *extra, launcher="python"):
     for o in list(overrides) + list(extra):
         args += ["--set", o]
     if launcher == "horovodrun":
-        args = [str(VENV_BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", "--start-timeout", "120"] + args
+        args = [
+            str(VENV_BIN / "horovodrun"),
+            "-np",
+            "2",
+            "-H",
+            "localhost:2",
+            "--gloo",
+            "--start-timeout",
+            "120",
+        ] + args
     return args
 
 
@@ -57,8 +66,14 @@ def _last_train_run(spark, cfg):
 
 def test_horovodrun_two_workers(spark, world):
     root, overrides, cfg, single = world
-    done = subprocess.run(_train_command(overrides, launcher="horovodrun"), env=_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        _train_command(overrides, launcher="horovodrun"),
+        env=_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record = _last_train_run(spark, cfg)
     details = json.loads(record.details)
@@ -83,8 +98,14 @@ def test_killed_run_resumes_to_the_same_weights(spark, world):
     clean = run_train(spark, load_config(LOCAL_CONF, overrides + ["training.checkpoint_dir=_ck_clean"]), D, "full")
 
     killed_overrides = overrides + ["training.checkpoint_dir=_ck_killed"]
-    proc = subprocess.Popen(_train_command(killed_overrides), env=_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _train_command(killed_overrides),
+        env=_env(),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     checkpoints = Path(cfg.storage.warehouse) / "_ck_killed"
     deadline = time.time() + 300
     while not list(checkpoints.glob("*/last.pt")) and time.time() < deadline and proc.poll() is None:
@@ -133,15 +154,22 @@ def test_dead_worker_fails_the_job_naming_its_rank(spark, world, tmp_path):
     root, overrides, cfg, _ = world
     # Long enough (50 epochs, no early stop) that training is still going when rank 1 is killed.
     long_model = root / "long_model.yaml"
-    long_model.write_text(f"extends: {root / 'tiny_model.yaml'}\n"
-                          "trainer: {epochs: 50, patience: 50, checkpoint_every_steps: 2}\n")
+    long_model.write_text(
+        f"extends: {root / 'tiny_model.yaml'}\ntrainer: {{epochs: 50, patience: 50, checkpoint_every_steps: 2}}\n"
+    )
     dead_overrides = overrides + [f"model_config={long_model}", "training.checkpoint_dir=_ck_dead_rank"]
     rows_before = runs(spark, cfg).where("job = 'train'").count()
     checkpoints = Path(cfg.storage.warehouse) / "_ck_dead_rank"
     log_path = tmp_path / "horovodrun.log"
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(_train_command(dead_overrides, launcher="horovodrun"), env=_env(), cwd=ROOT,
-                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            _train_command(dead_overrides, launcher="horovodrun"),
+            env=_env(),
+            cwd=ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     launcher = psutil.Process(proc.pid)
     seen: dict[int, psutil.Process] = {}
 

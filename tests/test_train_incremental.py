@@ -34,8 +34,8 @@ import torch
 from mtl import registry
 from mtl.data.loader import ExampleBatches
 from mtl.data.snapshot import snapshot_files
+from mtl.models.artifacts import load_model
 from mtl.tables import TRAINING_EXAMPLES
-from mtl.train.artifacts import load_model
 from mtl.train.job import run_train
 from mtl.train.trainer import evaluate, validation_metrics
 from tests.generated import START, build_world, world_config

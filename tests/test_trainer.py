@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from mtl import metrics as M
-from mtl.models import MultiTaskLoss, build_model
-from mtl.models.features import dense_feature_stats
-from mtl.train.checkpoint import load_checkpoint, seed_everything
-from mtl.train.trainer import CHECKPOINT_NAME, Trainer, build_optimizers, evaluate
 from model_data import FIELDS, TASKS, RecordingLogger, RowDataset, World, iterate, model_config, one_torch_thread  # noqa: F401
+
+from mtl import metric_functions as M
+from mtl.models import MultiTaskLoss, build_model
+from mtl.models.embedding import dense_feature_stats
+from mtl.seeds import seed_everything
+from mtl.train.checkpoint import load_checkpoint
+from mtl.train.trainer import CHECKPOINT_NAME, Trainer, build_optimizers, evaluate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,7 +33,13 @@ def _trainer(cfg, train, seed=0, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "name", ["mmoe", "esmm", pytest.param("shared_bottom", marks=pytest.mark.slow), pytest.param("ple", marks=pytest.mark.slow)]
+    "name",
+    [
+        "mmoe",
+        "esmm",
+        pytest.param("shared_bottom", marks=pytest.mark.slow),
+        pytest.param("ple", marks=pytest.mark.slow),
+    ],
 )
 def test_learns_the_synthetic_signal(name, world):
     train, _, train_users, train_items = world.sample(60_000, seed=1)
@@ -161,7 +168,9 @@ def test_early_stopping_keeps_the_best_weights(world, tmp_path):
     # Few rows and fast sparse updates: the id embeddings overfit after a few epochs.
     train = world.sample(2_000, seed=1)[0]
     val = world.sample(4_000, seed=2)[0]
-    cfg = model_config("mmoe", "trainer.epochs=20", "trainer.patience=2", "optimizer.sparse_lr=0.3", "optimizer.lr=0.01")
+    cfg = model_config(
+        "mmoe", "trainer.epochs=20", "trainer.patience=2", "optimizer.sparse_lr=0.3", "optimizer.lr=0.01"
+    )
     trainer = _trainer(cfg, train, checkpoint_dir=tmp_path)
     val_batches = list(iterate(val, 2000, shuffle=False))
     result = trainer.fit(lambda epoch: iterate(train, 100), val_batches)
@@ -175,8 +184,14 @@ def test_early_stopping_keeps_the_best_weights(world, tmp_path):
     # Resuming the finished run trains no further and restores the same best weights.
     again = _trainer(cfg, train, seed=5)
     resumed = again.fit(lambda epoch: iterate(train, 100), val_batches, resume_from=tmp_path / CHECKPOINT_NAME)
-    assert (resumed.epochs_run, resumed.global_step, resumed.stopped_early) == (result.epochs_run, result.global_step, True)
-    assert all(torch.equal(x, y) for x, y in zip(trainer.model.state_dict().values(), again.model.state_dict().values()))
+    assert (resumed.epochs_run, resumed.global_step, resumed.stopped_early) == (
+        result.epochs_run,
+        result.global_step,
+        True,
+    )
+    assert all(
+        torch.equal(x, y) for x, y in zip(trainer.model.state_dict().values(), again.model.state_dict().values())
+    )
 
 
 def test_logs_per_task_losses_and_validation_metrics_and_saves_a_safe_checkpoint(world, tmp_path):
@@ -189,7 +204,11 @@ def test_logs_per_task_losses_and_validation_metrics_and_saves_a_safe_checkpoint
 
     train_steps = [step for step, m in logger.records if "train/loss" in m]
     assert train_steps == list(range(5, 41, 5))
-    assert logger.keys("train/") == {f"train/{t}" for t in TASKS} | {"train/loss", "train/retrieval", "train/examples_per_s"}
+    assert logger.keys("train/") == {f"train/{t}" for t in TASKS} | {
+        "train/loss",
+        "train/retrieval",
+        "train/examples_per_s",
+    }
     val_records = [(step, m) for step, m in logger.records if "val/mean_auc" in m]
     assert [step for step, _ in val_records] == [20, 40]
     assert {f"val/{t}_{m}" for t in TASKS for m in ("auc", "log_loss")} <= set(val_records[0][1])

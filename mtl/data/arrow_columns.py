@@ -21,7 +21,9 @@ from mtl.errors import InputError
 ArrowColumn = Union[pa.Array, pa.ChunkedArray]
 
 
-def numpy_columns(data: Union[pa.Table, pa.RecordBatch], names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+def numpy_columns(
+    data: Union[pa.Table, pa.RecordBatch], names: Optional[Sequence[str]] = None
+) -> dict[str, np.ndarray]:
     """Columns ``names`` (default: all) of a Table or RecordBatch: list columns as matrices (see
     ``list_column_to_matrix``), the others as pandas converts them (a nullable integer column
     holding a null becomes float64 with NaN; strings become objects)."""

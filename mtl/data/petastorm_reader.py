@@ -49,7 +49,7 @@ def open_batch_reader(
     vectorised conversion of array columns; batches are namedtuples of numpy arrays as there.
 
     ``null_columns`` maps some of ``urls`` to columns whose values in that file are read as all
-    null (labels a run must not learn from, see mtl.features.schema.unobserved_labels)."""
+    null (labels a run must not learn from, see mtl.schema.unobserved_labels)."""
     filesystem, paths = get_filesystem_and_path_or_paths(
         list(urls), hdfs_driver, storage_options=dict(storage_options) if storage_options else None
     )
@@ -79,7 +79,7 @@ class _ArrowColumnsResultsReader(ArrowReaderWorkerResultsQueueReader):
         try:
             table = workers_pool.get_results()
         except EmptyResultError:
-            raise StopIteration
+            raise StopIteration from None
         columns = numpy_columns(table)
         for name in table.column_names:
             if pa.types.is_string(table.column(name).type):

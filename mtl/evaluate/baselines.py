@@ -38,9 +38,9 @@ from pyspark.sql import functions as F
 
 from mtl.config import Config
 from mtl.evaluate.data import RankingTask, Split
-from mtl.evaluate.metrics_table import BinaryTask, score_column
+from mtl.evaluate.model_metrics import BinaryTask, score_column
 from mtl.evaluate.predict import ScoreTile, inner_product
-from mtl.features.schema import INTERACTION_TYPES, RATE_WINDOW_DAYS, REPURCHASE_HORIZONS_DAYS, dense_columns
+from mtl.schema import INTERACTION_TYPES, RATE_WINDOW_DAYS, REPURCHASE_HORIZONS_DAYS, dense_columns
 from mtl.tables import EVENTS
 
 log = logging.getLogger(__name__)
@@ -100,11 +100,13 @@ def add_popularity(df: DataFrame, split: Split, smoothing_strength: float) -> Da
     )
     return (
         df.join(F.broadcast(category_rate), "category_id", "left")
-        .withColumns({
-            score_column("popularity", "click"): item_interactions(),
-            score_column("popularity", "purchase"): item_purchases(),
-            **{score_column("popularity", label): repurchase for label in REPURCHASE_LABELS},
-        })
+        .withColumns(
+            {
+                score_column("popularity", "click"): item_interactions(),
+                score_column("popularity", "purchase"): item_purchases(),
+                **{score_column("popularity", label): repurchase for label in REPURCHASE_LABELS},
+            }
+        )
         .drop("_category_repurchase_rate")
     )
 
@@ -122,12 +124,14 @@ def add_category_popularity(df: DataFrame, popularity: Popularity) -> DataFrame:
     """category_popularity__click / __purchase: the user's interactions (purchases) in the row's
     category over the rate window, plus the item's popularity scaled into [0, 1): categories the
     user engages with first, popular items first within them."""
-    return df.withColumns({
-        score_column("category_popularity", "click"):
-            F.col(f"uc_interactions_{RATE_WINDOW_DAYS}d") + item_interactions() / (popularity.max_interactions + 1.0),
-        score_column("category_popularity", "purchase"):
-            F.col(f"uc_purchases_{RATE_WINDOW_DAYS}d") + item_purchases() / (popularity.max_purchases + 1.0),
-    })
+    return df.withColumns(
+        {
+            score_column("category_popularity", "click"): F.col(f"uc_interactions_{RATE_WINDOW_DAYS}d")
+            + item_interactions() / (popularity.max_interactions + 1.0),
+            score_column("category_popularity", "purchase"): F.col(f"uc_purchases_{RATE_WINDOW_DAYS}d")
+            + item_purchases() / (popularity.max_purchases + 1.0),
+        }
+    )
 
 
 def category_popularity_tile(split: Split, popularity: Popularity, task: RankingTask) -> ScoreTile:
@@ -188,10 +192,12 @@ _TAB = "_tab_"  # prefix of the temporary columns
 def _tabular_inputs(df: DataFrame) -> DataFrame:
     """log1p(max(x, 0)) of every dense column (what the model sees before standardising) and a
     category-row indicator (repurchase rows mix item and category pairs)."""
-    return df.withColumns({
-        **{f"{_TAB}{c}": F.log1p(F.greatest(F.col(c), F.lit(0.0))) for c in dense_columns()},
-        f"{_TAB}category_row": (F.col("row_kind") == "repurchase_category").cast("double"),
-    })
+    return df.withColumns(
+        {
+            **{f"{_TAB}{c}": F.log1p(F.greatest(F.col(c), F.lit(0.0))) for c in dense_columns()},
+            f"{_TAB}category_row": (F.col("row_kind") == "repurchase_category").cast("double"),
+        }
+    )
 
 
 def _population(task: BinaryTask) -> Column:
@@ -218,10 +224,14 @@ def fit_tabular(train: DataFrame, kind: TabularKind, task: BinaryTask, cfg: Conf
         classifier = LogisticRegression(featuresCol=f"{p}xs", maxIter=tc.lr_max_iter, regParam=tc.lr_reg_param)
         stages = [assembler, scaler, classifier]
     else:
-        classifier = GBTClassifier(featuresCol=f"{p}x", maxIter=tc.gbt_max_iter, maxDepth=tc.gbt_max_depth, seed=tc.seed)
+        classifier = GBTClassifier(
+            featuresCol=f"{p}x", maxIter=tc.gbt_max_iter, maxDepth=tc.gbt_max_depth, seed=tc.seed
+        )
         stages = [assembler, classifier]
     # Own column names per model, so several models can score the same rows one after another.
-    classifier.setLabelCol(f"{p}y").setProbabilityCol(f"{p}prob").setRawPredictionCol(f"{p}raw").setPredictionCol(f"{p}pred")
+    classifier.setLabelCol(f"{p}y").setProbabilityCol(f"{p}prob").setRawPredictionCol(f"{p}raw").setPredictionCol(
+        f"{p}pred"
+    )
     rows = (
         _tabular_inputs(train.where(_population(task) & F.col(task.label).isNotNull()))
         .withColumn(f"{p}y", F.col(task.label).cast("double"))
@@ -257,8 +267,9 @@ def als_tile(spark: SparkSession, cfg: Config, ds: dt.date, events_version: int,
     ac = cfg.evaluation.als
     events = spark.read.format("delta").option("versionAsOf", events_version).load(EVENTS.path(cfg.storage))
     pairs = (
-        events.where(F.col("event_date").between(F.lit(ds - dt.timedelta(days=ac.window_days)),
-                                                 F.lit(ds - dt.timedelta(days=1))))
+        events.where(
+            F.col("event_date").between(F.lit(ds - dt.timedelta(days=ac.window_days)), F.lit(ds - dt.timedelta(days=1)))
+        )
         .where(F.col("event_type").isin(*INTERACTION_TYPES))
         .groupBy("user_id", "item_id")
         .agg(F.count(F.lit(1)).cast("float").alias("interactions"))
@@ -267,16 +278,30 @@ def als_tile(spark: SparkSession, cfg: Config, ds: dt.date, events_version: int,
     try:
         users = StringIndexer(inputCol="user_id", outputCol="u").fit(pairs)
         items = StringIndexer(inputCol="item_id", outputCol="i").fit(pairs)
-        als = ALS(rank=ac.rank, maxIter=ac.max_iter, regParam=ac.reg_param, alpha=ac.alpha, implicitPrefs=True,
-                  userCol="u", itemCol="i", ratingCol="interactions", seed=ac.seed, coldStartStrategy="drop")
+        als = ALS(
+            rank=ac.rank,
+            maxIter=ac.max_iter,
+            regParam=ac.reg_param,
+            alpha=ac.alpha,
+            implicitPrefs=True,
+            userCol="u",
+            itemCol="i",
+            ratingCol="interactions",
+            seed=ac.seed,
+            coldStartStrategy="drop",
+        )
         model = als.fit(items.transform(users.transform(pairs)))
         user_factors = dict(
             IndexToString(inputCol="id", outputCol="user_id", labels=users.labels)
-            .transform(model.userFactors).select("user_id", "features").collect()
+            .transform(model.userFactors)
+            .select("user_id", "features")
+            .collect()
         )
         item_factors = dict(
             IndexToString(inputCol="id", outputCol="item_id", labels=items.labels)
-            .transform(model.itemFactors).select("item_id", "features").collect()
+            .transform(model.itemFactors)
+            .select("item_id", "features")
+            .collect()
         )
     finally:
         pairs.unpersist()
@@ -287,5 +312,6 @@ def als_tile(spark: SparkSession, cfg: Config, ds: dt.date, events_version: int,
     return inner_product(
         np.array([user_factors.get(u, zero) for u in task.users], dtype=np.float32).reshape(len(task.users), ac.rank),
         np.array([item_factors.get(i, zero) for i in task.items], dtype=np.float32).reshape(len(task.items), ac.rank),
-        known_users, known_items,
+        known_users,
+        known_items,
     )

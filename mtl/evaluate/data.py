@@ -14,12 +14,13 @@ from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from mtl import delta_io
-from mtl import metrics as M
+from mtl import metric_functions as M
 from mtl.config import Config
 from mtl.errors import InputError
 from mtl.features.assemble import model_inputs
 from mtl.features.job import date_range
-from mtl.features.schema import LABELS, unobserved_labels
+from mtl.models.artifacts import read_feature_stats
+from mtl.schema import LABELS, unobserved_labels
 from mtl.tables import (
     ITEM_FEATURES,
     TRAINING_EXAMPLES,
@@ -28,7 +29,6 @@ from mtl.tables import (
     USER_ITEM_FEATURES,
     TableSpec,
 )
-from mtl.train.artifacts import read_feature_stats
 
 
 @dataclass(frozen=True)
@@ -96,11 +96,17 @@ def label_counts(row: Row) -> dict[str, tuple[int, int]]:
     return {label: (int(row[f"{label}__0"] or 0), int(row[f"{label}__1"] or 0)) for label in LABELS}
 
 
-def training_window(spark: SparkSession, cfg: Config, ds_from: dt.date, ds_to: dt.date,
-                    version: Optional[int], as_of: Optional[dt.date] = None) -> DataFrame:
+def training_window(
+    spark: SparkSession,
+    cfg: Config,
+    ds_from: dt.date,
+    ds_to: dt.date,
+    version: Optional[int],
+    as_of: Optional[dt.date] = None,
+) -> DataFrame:
     """training_examples of ds_from..ds_to, at ``version`` (the one a model was trained on) if given.
     With ``as_of`` (the ds a model is trained for), the labels it must not learn are null, as the
-    train job reads them (mtl.features.schema.unobserved_labels)."""
+    train job reads them (mtl.schema.unobserved_labels)."""
     reader = spark.read.format("delta")
     if version is not None:
         reader = reader.option("versionAsOf", version)
@@ -152,7 +158,8 @@ def ranking_task(split: Split, cfg: Config) -> RankingTask:
     none, exposure = F.lit(None).cast("string"), F.lit("exposure").alias("row_kind")
     features = (split.users, split.items, split.user_categories, split.user_items, split.defaults)
     user_rows = model_inputs(
-        chosen.select("user_id", none.alias("item_id"), none.alias("day_category_id"), exposure), *features)
+        chosen.select("user_id", none.alias("item_id"), none.alias("day_category_id"), exposure), *features
+    )
     item_rows = model_inputs(
         split.items.select(none.alias("user_id"), "item_id", F.col("category_id").alias("day_category_id"), exposure),
         *features,
@@ -171,8 +178,9 @@ def ranking_task(split: Split, cfg: Config) -> RankingTask:
     )
 
 
-def index_pairs(users: np.ndarray, items: np.ndarray, clicked: pd.DataFrame, seen: Optional[pd.DataFrame]
-                ) -> tuple[M.Relevance, Optional[tuple[np.ndarray, np.ndarray]]]:
+def index_pairs(
+    users: np.ndarray, items: np.ndarray, clicked: pd.DataFrame, seen: Optional[pd.DataFrame]
+) -> tuple[M.Relevance, Optional[tuple[np.ndarray, np.ndarray]]]:
     """Clicked (user_id, item_id) pairs as relevance over (rows of ``users``, indices of ``items``);
     an item outside the catalogue gets an index past its end. With ``seen`` pairs, those are
     returned as exclusions and dropped from the relevant items: what can never be recommended

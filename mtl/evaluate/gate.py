@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional
 
-from mtl.config import ConfigError, GateConfig, GatedMetric
-from mtl.evaluate.metrics_table import (
+from mtl.config import Config, ConfigError, GateConfig, GatedMetric
+from mtl.evaluate.model_metrics import (
     PROBABILITY_METRICS,
     RANK_METRICS,
     RANKING_METRICS,
@@ -36,8 +36,15 @@ class Check:
 
     def as_dict(self) -> dict:
         m = self.metric
-        return {"task": m.task, "metric": m.metric, "k": m.k, "value": self.value,
-                "champion_value": self.champion_value, "passed": self.passed, "reason": self.reason}
+        return {
+            "task": m.task,
+            "metric": m.metric,
+            "k": m.k,
+            "value": self.value,
+            "champion_value": self.champion_value,
+            "passed": self.passed,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)
@@ -54,8 +61,11 @@ class GateDecision:
         return [c.reason for c in self.checks if not c.passed]
 
     def as_dict(self) -> dict:
-        return {"passed": self.passed, "champion_version": self.champion_version,
-                "checks": [c.as_dict() for c in self.checks]}
+        return {
+            "passed": self.passed,
+            "champion_version": self.champion_version,
+            "checks": [c.as_dict() for c in self.checks],
+        }
 
 
 def metric_name(m: GatedMetric) -> str:
@@ -77,7 +87,9 @@ def check_gate_config(gate: GateConfig, ks: list[int]) -> None:
             allowed = RANK_METRICS + PROBABILITY_METRICS
             needs_k = False
         if m.metric not in allowed:
-            raise ConfigError(f"{where}.metric: {m.metric!r} is not a metric of task {m.task}; use one of {list(allowed)}")
+            raise ConfigError(
+                f"{where}.metric: {m.metric!r} is not a metric of task {m.task}; use one of {list(allowed)}"
+            )
         if needs_k and m.k not in ks:
             raise ConfigError(f"{where}.k: {m.task} {m.metric} needs a k from evaluation.ks {ks}, got {m.k}")
         if not needs_k and m.k is not None:
@@ -136,3 +148,24 @@ def _worse_by(metric: str, value: float, reference: float) -> float:
     if metric in BEST_AT_ONE:
         return abs(value - 1.0) - abs(reference - 1.0)
     return reference - value
+
+
+def check_evaluation_config(cfg: Config) -> None:
+    """The evaluation section's rules, the gate's included (its metrics need evaluation.ks)."""
+    ev = cfg.evaluation
+    if not ev.ks or min(ev.ks) < 1:
+        raise ConfigError("evaluation.ks: list at least one K, each at least 1")
+    for key in ("ranking_users", "score_batch_size", "calibration_bins"):
+        if getattr(ev, key) < 1:
+            raise ConfigError(f"evaluation.{key}: must be at least 1")
+    if ev.history_days < 0:
+        raise ConfigError("evaluation.history_days: must not be negative")
+    if ev.twin_epochs is not None and ev.twin_epochs < 1:
+        raise ConfigError("evaluation.twin_epochs: must be at least 1 (or null)")
+    for key in ("rank", "max_iter", "window_days"):
+        if getattr(ev.als, key) < 1:
+            raise ConfigError(f"evaluation.als.{key}: must be at least 1")
+    for key in ("lr_max_iter", "gbt_max_iter", "gbt_max_depth"):
+        if getattr(ev.tabular, key) < 1:
+            raise ConfigError(f"evaluation.tabular.{key}: must be at least 1")
+    check_gate_config(cfg.gate, ev.ks)

@@ -7,7 +7,7 @@ ds must lie after every day the version was trained or validated on. The job
 1. scores the training_examples rows of ds with the version, the current champion (when it is
    another version) and every configured baseline (mtl.evaluate.baselines, the single-task
    twins of mtl.evaluate.twins), and ranks the whole catalogue for the users who clicked on ds;
-2. computes every metric with the same code (mtl.evaluate.metrics_table over mtl.metrics) and
+2. computes every metric with the same code (mtl.evaluate.model_metrics over mtl.metric_functions) and
    replaces the (ds, version) rows of ``model_metrics``;
 3. writes the HTML report next to the artifact (the version's MLflow run, under
    ``evaluation/ds=D/``), logs the version's metrics to that run, and records the run, with the
@@ -35,8 +35,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from mtl import delta_io, registry
-from mtl.cli import job_parser, run_job
-from mtl.config import Config, ConfigError, parse_typed
+from mtl.config import Config, parse_typed
 from mtl.errors import InputError
 from mtl.evaluate import baselines as B
 from mtl.evaluate import report
@@ -49,8 +48,8 @@ from mtl.evaluate.data import (
     read_split,
     training_window,
 )
-from mtl.evaluate.gate import GateDecision, check_gate_config, decide
-from mtl.evaluate.metrics_table import (
+from mtl.evaluate.gate import GateDecision, check_evaluation_config, decide
+from mtl.evaluate.model_metrics import (
     BINARY_TASKS,
     MetricRow,
     Scorer,
@@ -62,13 +61,13 @@ from mtl.evaluate.metrics_table import (
     write_metrics,
 )
 from mtl.evaluate.predict import ModelOutputs, ScoreTile, collect_model_scores, inner_product, model_vectors, top_k
-from mtl.evaluate.twins import RETRIEVAL_TWIN, TrainingWindow, train_twins
-from mtl.features.schema import LABELS, REPURCHASE_HORIZONS_DAYS
-from mtl.models.config import ModelConfig
+from mtl.evaluate.training_window import RETRIEVAL_TWIN, TrainingWindow
+from mtl.models.artifacts import load_model
+from mtl.models.model_config import ModelConfig
 from mtl.registry import Artifact
-from mtl.runs import RunRecorder
+from mtl.run_record import RunRecorder
+from mtl.schema import LABELS, REPURCHASE_HORIZONS_DAYS
 from mtl.tables import EVENTS, MODEL_METRICS
-from mtl.train.artifacts import load_model
 
 log = logging.getLogger(__name__)
 
@@ -91,27 +90,9 @@ class EvaluationResult:
     notes: list[str] = field(default_factory=list)
 
 
-def check_evaluation_config(cfg: Config) -> None:
-    ev = cfg.evaluation
-    if not ev.ks or min(ev.ks) < 1:
-        raise ConfigError("evaluation.ks: list at least one K, each at least 1")
-    for key in ("ranking_users", "score_batch_size", "calibration_bins"):
-        if getattr(ev, key) < 1:
-            raise ConfigError(f"evaluation.{key}: must be at least 1")
-    if ev.history_days < 0:
-        raise ConfigError("evaluation.history_days: must not be negative")
-    if ev.twin_epochs is not None and ev.twin_epochs < 1:
-        raise ConfigError("evaluation.twin_epochs: must be at least 1 (or null)")
-    for key in ("rank", "max_iter", "window_days"):
-        if getattr(ev.als, key) < 1:
-            raise ConfigError(f"evaluation.als.{key}: must be at least 1")
-    for key in ("lr_max_iter", "gbt_max_iter", "gbt_max_depth"):
-        if getattr(ev.tabular, key) < 1:
-            raise ConfigError(f"evaluation.tabular.{key}: must be at least 1")
-    check_gate_config(cfg.gate, ev.ks)
-
-
-def run_evaluate(spark: SparkSession, cfg: Config, ds: dt.date, model_version: Optional[str] = None) -> EvaluationResult:
+def run_evaluate(
+    spark: SparkSession, cfg: Config, ds: dt.date, model_version: Optional[str] = None
+) -> EvaluationResult:
     check_evaluation_config(cfg)
     with RunRecorder(spark, cfg, "evaluate", ds) as run:
         version = model_version or registry.latest_version(cfg)
@@ -121,8 +102,10 @@ def run_evaluate(spark: SparkSession, cfg: Config, ds: dt.date, model_version: O
         run.model_version = candidate.version
         window = TrainingWindow.from_metadata(candidate.metadata, version)
         if ds <= window.last_day_used:
-            raise InputError(f"ds {ds} is not held out from version {version}: it was trained and validated on "
-                             f"ds {window.train_from}..{window.last_day_used}; evaluate a later day")
+            raise InputError(
+                f"ds {ds} is not held out from version {version}: it was trained and validated on "
+                f"ds {window.train_from}..{window.last_day_used}; evaluate a later day"
+            )
         split = read_split(spark, cfg, ds)
         run.tables_read = dict(split.tables_read)
         popularity = B.Popularity.of(split)
@@ -143,31 +126,57 @@ def run_evaluate(spark: SparkSession, cfg: Config, ds: dt.date, model_version: O
         if len(task.users):
             events_version = delta_io.table_version(spark, EVENTS.path(cfg.storage))
             run.tables_read[EVENTS.name] = events_version
-            rankings, ranking_scorers = _rankings(spark, cfg, split, popularity, task, events_version,
-                                                  {"multi_task": candidate, "champion": champion,
-                                                   "single_task": twins.get(RETRIEVAL_TWIN)})
+            rankings, ranking_scorers = _rankings(
+                spark,
+                cfg,
+                split,
+                popularity,
+                task,
+                events_version,
+                {"multi_task": candidate, "champion": champion, "single_task": twins.get(RETRIEVAL_TWIN)},
+            )
             for scorer in ranking_scorers:
                 rows += ranking_metric_rows(scorer, rankings[scorer.kind], task.relevant, cfg.evaluation.ks)
         else:
             notes.append(f"retrieval: nobody clicked on {ds}: not evaluated")
 
-        commit = write_metrics(spark, cfg, rows, run_id=run.run_id, model_version=version, ds=ds,
-                               evaluated_at=run.started_at)
+        commit = write_metrics(
+            spark, cfg, rows, run_id=run.run_id, model_version=version, ds=ds, evaluated_at=run.started_at
+        )
         run.tables_written = {MODEL_METRICS.name: commit.version}
         run.input_rows, run.output_rows = len(frame), len(rows)
-        decision = decide(metric_values(rows, "multi_task"), metric_values(rows, "champion") if champion else None,
-                          cfg.gate, champion_version)
+        decision = decide(
+            metric_values(rows, "multi_task"),
+            metric_values(rows, "champion") if champion else None,
+            cfg.gate,
+            champion_version,
+        )
         history = read_metrics(spark, cfg, ds - dt.timedelta(days=cfg.evaluation.history_days), ds)
-        page = report.render(report.ReportData(
-            title=f"{cfg.tracking.registered_model} version {version} on {ds}",
-            facts=_facts(version, ds, window, champion_version, split, task, run.run_id, cfg),
-            rows=rows, frame=frame, scorers=scorers, rankings=rankings, relevant=task.relevant,
-            ks=cfg.evaluation.ks, history=history, decision=decision,
-            calibration_bins=cfg.evaluation.calibration_bins, notes=notes,
-        ))
+        page = report.render(
+            report.ReportData(
+                title=f"{cfg.tracking.registered_model} version {version} on {ds}",
+                facts=_facts(version, ds, window, champion_version, split, task, run.run_id, cfg),
+                rows=rows,
+                frame=frame,
+                scorers=scorers,
+                rankings=rankings,
+                relevant=task.relevant,
+                ks=cfg.evaluation.ks,
+                history=history,
+                decision=decision,
+                calibration_bins=cfg.evaluation.calibration_bins,
+                notes=notes,
+            )
+        )
         report_uri = _log_to_model_run(cfg, version, ds, rows, page)
-        run.details.update(report=report_uri, gate_preview=decision.as_dict(), champion_version=champion_version,
-                           ranking_users=len(task.users), catalogue_items=len(task.items), notes=notes)
+        run.details.update(
+            report=report_uri,
+            gate_preview=decision.as_dict(),
+            champion_version=champion_version,
+            ranking_users=len(task.users),
+            catalogue_items=len(task.items),
+            notes=notes,
+        )
         log.info("evaluated version %s on %s: %d metric rows; report at %s", version, ds, len(rows), report_uri)
     return EvaluationResult(ds, version, run.run_id, champion_version, rows, decision, report_uri, notes)
 
@@ -182,8 +191,10 @@ def _timed(stage: str):
 def _notes(split: Split) -> list[str]:
     if not split.sampled_negatives:
         return []
-    return ["The log has no impressions: exposure negatives are sampled by popularity, so click (and purchase) "
-            "AUC measures telling interactions from sampled items, not clicks from skipped impressions."]
+    return [
+        "The log has no impressions: exposure negatives are sampled by popularity, so click (and purchase) "
+        "AUC measures telling interactions from sampled items, not clicks from skipped impressions."
+    ]
 
 
 def _overlapping_labels(spark, cfg: Config, candidate: Artifact, window: TrainingWindow, ds: dt.date) -> list[str]:
@@ -205,14 +216,17 @@ def _overlapping_labels(spark, cfg: Config, candidate: Artifact, window: Trainin
         rows = training_window(spark, cfg, first, window.last_day_used, window.table_version)
         leaked = rows.where(F.col(label).isNotNull()).count()
         if leaked:
-            notes.append(f"{label}: version {candidate.version} learned {leaked:,} labels of ds {first}.."
-                         f"{window.last_day_used} whose {horizon}-day windows reach ds {ds} or later, so its {label} "
-                         "metrics here are optimistic: those outcomes were not observable when it was trained.")
+            notes.append(
+                f"{label}: version {candidate.version} learned {leaked:,} labels of ds {first}.."
+                f"{window.last_day_used} whose {horizon}-day windows reach ds {ds} or later, so its {label} "
+                "metrics here are optimistic: those outcomes were not observable when it was trained."
+            )
     return notes
 
 
-def _comparable_champion(cfg: Config, champion_version: Optional[str], version: str,
-                         notes: list[str]) -> Optional[Artifact]:
+def _comparable_champion(
+    cfg: Config, champion_version: Optional[str], version: str, notes: list[str]
+) -> Optional[Artifact]:
     """The published version, to score next to the candidate; None when there is none, it is the
     candidate, or this code cannot rebuild it (e.g. trained on another feature schema)."""
     if champion_version is None or champion_version == version:
@@ -221,8 +235,10 @@ def _comparable_champion(cfg: Config, champion_version: Optional[str], version: 
     try:
         load_model(artifact)
     except InputError as exc:
-        notes.append(f"The champion (version {champion_version}) cannot be scored by this code, so the gate has "
-                     f"nothing to compare with: {exc}")
+        notes.append(
+            f"The champion (version {champion_version}) cannot be scored by this code, so the gate has "
+            f"nothing to compare with: {exc}"
+        )
         return None
     return artifact
 
@@ -235,21 +251,39 @@ def _has_retrieval(artifact: Artifact) -> bool:
     return parse_typed(ModelConfig, artifact.model_config).retrieval.enabled
 
 
-def _twins(spark, cfg: Config, candidate: Artifact, window: TrainingWindow, labelled: dict[str, tuple[int, int]],
-           notes: list[str]) -> dict[str, Artifact]:
+def _twins(
+    spark,
+    cfg: Config,
+    candidate: Artifact,
+    window: TrainingWindow,
+    labelled: dict[str, tuple[int, int]],
+    notes: list[str],
+) -> dict[str, Artifact]:
     if "single_task" not in cfg.evaluation.baselines:
         return {}
     if window.mode != "full":
-        notes.append(f"Single-task twins skipped: version {candidate.version} was trained {window.mode}ly "
-                     "(warm-started), which a twin trained from scratch cannot mirror.")
+        notes.append(
+            f"Single-task twins skipped: version {candidate.version} was trained {window.mode}ly "
+            "(warm-started), which a twin trained from scratch cannot mirror."
+        )
         return {}
+    # Twins are trained by the training stack (Petastorm, Horovod): loaded only when twins are asked for.
+    from mtl.evaluate.twins import train_twins
+
     labels = [label for label in _tasks(candidate) if all(labelled[label])]
     return train_twins(spark, cfg, candidate, window, labels)
 
 
-def _binary_predictions(spark, cfg: Config, split: Split, popularity: B.Popularity, candidate: Artifact,
-                        champion: Optional[Artifact],
-                        window: TrainingWindow, twins: dict[str, Artifact]):
+def _binary_predictions(
+    spark,
+    cfg: Config,
+    split: Split,
+    popularity: B.Popularity,
+    candidate: Artifact,
+    champion: Optional[Artifact],
+    window: TrainingWindow,
+    twins: dict[str, Artifact],
+):
     """The predictions frame of ds (see metrics_table) and the scorers it holds."""
     wanted = set(cfg.evaluation.baselines)
     # Labels as doubles, null kept: NaN in pandas, where the metrics drop it.
@@ -285,14 +319,22 @@ def _binary_predictions(spark, cfg: Config, split: Split, popularity: B.Populari
     if single:
         models += [ModelOutputs(a, {label: score_column("single_task", label)}) for label, a in single.items()]
         scorers.append(Scorer("single_task", True))
-    baseline_columns = [score_column(s.kind, label) for s in scorers for label in LABELS
-                        if score_column(s.kind, label) in df.columns]
+    baseline_columns = [
+        score_column(s.kind, label) for s in scorers for label in LABELS if score_column(s.kind, label) in df.columns
+    ]
     frame = collect_model_scores(df, models, KEEP + tuple(baseline_columns), cfg.evaluation.score_batch_size)
     return frame, scorers
 
 
-def _rankings(spark, cfg: Config, split: Split, popularity: B.Popularity, task: RankingTask, events_version: int,
-              neural: dict[str, Optional[Artifact]]) -> tuple[dict[str, np.ndarray], list[Scorer]]:
+def _rankings(
+    spark,
+    cfg: Config,
+    split: Split,
+    popularity: B.Popularity,
+    task: RankingTask,
+    events_version: int,
+    neural: dict[str, Optional[Artifact]],
+) -> tuple[dict[str, np.ndarray], list[Scorer]]:
     """Top-max(K) lists over the catalogue of every retrieval scorer."""
     wanted = set(cfg.evaluation.baselines)
     k = max(cfg.evaluation.ks)
@@ -324,8 +366,13 @@ def _rankings(spark, cfg: Config, split: Split, popularity: B.Popularity, task: 
     for kind, tile in tiles.items():
         started = time.perf_counter()
         rankings[kind] = top_k(tile, len(task.users), len(task.items), k, task.exclude)
-        log.info("ranked %d items for %d users with %s in %.1f s", len(task.items), len(task.users), kind,
-                 time.perf_counter() - started)
+        log.info(
+            "ranked %d items for %d users with %s in %.1f s",
+            len(task.items),
+            len(task.users),
+            kind,
+            time.perf_counter() - started,
+        )
     return rankings, scorers
 
 
@@ -333,8 +380,16 @@ def _positions(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return pd.Index(keys).get_indexer(wanted)
 
 
-def _facts(version: str, ds: dt.date, window: TrainingWindow, champion: Optional[str], split: Split,
-           task: RankingTask, run_id: str, cfg: Config) -> dict[str, str]:
+def _facts(
+    version: str,
+    ds: dt.date,
+    window: TrainingWindow,
+    champion: Optional[str],
+    split: Split,
+    task: RankingTask,
+    run_id: str,
+    cfg: Config,
+) -> dict[str, str]:
     return {
         "model version": version,
         "held-out ds": ds.isoformat(),
@@ -365,7 +420,7 @@ def _log_to_model_run(cfg: Config, version: str, ds: dt.date, rows: list[MetricR
         if r.model_kind == "multi_task" and r.value is not None
     ]
     for start in range(0, len(metrics), 1000):  # MLflow's batch limit
-        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
     folder = f"evaluation/ds={ds.isoformat()}"
     with tempfile.TemporaryDirectory(prefix="mtl-report-") as tmp:
         (Path(tmp) / REPORT_FILE).write_text(page)
@@ -391,27 +446,3 @@ def summarize(result: EvaluationResult) -> str:
 
 def _cell(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.4f}"
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = job_parser(
-        "evaluate",
-        "Evaluate a registered model version and its baselines on the held-out --ds: model_metrics, "
-        "an HTML report next to the artifact, the version's MLflow run. Publishes nothing (see mtl-publish).",
-        ds_required=True,
-    )
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--model", metavar="VERSION", help="registered version to evaluate (default: the latest)")
-    which.add_argument("--trained-for-ds", action="store_true",
-                       help="evaluate the newest version trained for --ds (what train --ds registered or reused), "
-                            "not the latest registered; the daily DAG passes it")
-    args = parser.parse_args(argv)
-
-    def body(cfg: Config) -> str:
-        from mtl.pipeline.policy import require_trained_version
-        from mtl.spark import build_spark
-
-        version = require_trained_version(cfg, args.ds) if args.trained_for_ds else args.model
-        return summarize(run_evaluate(build_spark(cfg.spark), cfg, args.ds, version))
-
-    return run_job(args, body)

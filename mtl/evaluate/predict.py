@@ -18,9 +18,9 @@ import torch
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from mtl.data.loader import MODEL_FIELDS, in_memory_batches, input_columns
+from mtl.data.batch import MODEL_FIELDS, in_memory_batches, input_columns
+from mtl.models.artifacts import load_model
 from mtl.registry import Artifact
-from mtl.train.artifacts import load_model
 
 # Scores of one tile of users x items stay below this many floats (about 256 MB).
 TILE_FLOATS = 1 << 26
@@ -34,8 +34,9 @@ class ModelOutputs:
     columns: Mapping[str, str]
 
 
-def collect_model_scores(df: DataFrame, models: Sequence[ModelOutputs], keep: Sequence[str],
-                         batch_size: int) -> pd.DataFrame:
+def collect_model_scores(
+    df: DataFrame, models: Sequence[ModelOutputs], keep: Sequence[str], batch_size: int
+) -> pd.DataFrame:
     """The ``keep`` columns of ``df`` plus one column per model output, the probability the model
     gives each row (``predict_proba``, eval mode), collected to the driver."""
     spark = df.sparkSession
@@ -109,8 +110,12 @@ def _stack(column: pd.Series) -> np.ndarray:
 ScoreTile = Callable[[np.ndarray], torch.Tensor]
 
 
-def inner_product(user_vecs: np.ndarray, item_vecs: np.ndarray, known_users: Optional[np.ndarray] = None,
-                  known_items: Optional[np.ndarray] = None) -> ScoreTile:
+def inner_product(
+    user_vecs: np.ndarray,
+    item_vecs: np.ndarray,
+    known_users: Optional[np.ndarray] = None,
+    known_items: Optional[np.ndarray] = None,
+) -> ScoreTile:
     """Scores u . v; users or items outside ``known_*`` (e.g. absent from ALS's training data)
     get -inf, so they are ranked nowhere and rank nothing."""
     users = torch.from_numpy(np.ascontiguousarray(user_vecs, dtype=np.float32))
@@ -128,8 +133,9 @@ def inner_product(user_vecs: np.ndarray, item_vecs: np.ndarray, known_users: Opt
     return tile
 
 
-def top_k(score_tile: ScoreTile, n_users: int, n_items: int, k: int,
-          exclude: Optional[tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
+def top_k(
+    score_tile: ScoreTile, n_users: int, n_items: int, k: int, exclude: Optional[tuple[np.ndarray, np.ndarray]] = None
+) -> np.ndarray:
     """[n_users, k] catalogue indices, best first; -1 pads a list shorter than k (fewer rankable
     items). ``exclude`` (user rows, item indices) are never ranked for that user."""
     ranked = np.full((n_users, min(k, n_items)), -1, dtype=np.int64)

@@ -27,13 +27,11 @@ from mlflow import MlflowClient
 from pyspark.sql import SparkSession
 
 from mtl import registry
-from mtl.cli import job_parser, run_job
 from mtl.config import Config
 from mtl.errors import InputError, JobError
 from mtl.evaluate.gate import GateDecision, MetricKey, check_gate_config, decide
-from mtl.evaluate.metrics_table import read_metrics
-from mtl.pipeline.policy import is_superseded, require_trained_version
-from mtl.runs import RunRecorder
+from mtl.evaluate.model_metrics import read_metrics
+from mtl.run_record import RunRecorder
 from mtl.tables import MODEL_METRICS
 
 log = logging.getLogger(__name__)
@@ -64,8 +62,9 @@ ALREADY_CHAMPION = "already champion"
 SUPERSEDED = "a newer version is the champion"
 
 
-def run_publish(spark: SparkSession, cfg: Config, ds: dt.date, model_version: Optional[str] = None,
-                allow_older: bool = False) -> PublishResult:
+def run_publish(
+    spark: SparkSession, cfg: Config, ds: dt.date, model_version: Optional[str] = None, allow_older: bool = False
+) -> PublishResult:
     """Gate ``model_version`` (default: the latest registered) on its evaluation of ds and publish
     it if it passes. Skipped, changing nothing, when it already is the champion, or when the
     champion is a newer version (unless ``allow_older``); raises GateRefused when it fails."""
@@ -81,22 +80,26 @@ def run_publish(spark: SparkSession, cfg: Config, ds: dt.date, model_version: Op
             log.info("version %s already is the champion: nothing to do", version)
             run.details["outcome"] = ALREADY_CHAMPION
             return PublishResult(ds, version, current, False, None, ALREADY_CHAMPION)
-        if not allow_older and is_superseded(version, current):
+        if not allow_older and registry.is_superseded(version, current):
             log.info("version %s is older than the champion (version %s): not published", version, current)
             run.details["outcome"] = SUPERSEDED
             return PublishResult(ds, version, current, False, None, SUPERSEDED)
 
         rows = read_metrics(spark, cfg, ds, ds, model_version=version)
         if rows.empty:
-            raise InputError(f"{MODEL_METRICS.name} has no evaluation of version {version} on {ds}: "
-                             f"run mtl-evaluate --ds {ds} --model {version} first")
+            raise InputError(
+                f"{MODEL_METRICS.name} has no evaluation of version {version} on {ds}: "
+                f"run mtl-evaluate --ds {ds} --model {version} first"
+            )
         champion = None
         if current is not None:
             champion_rows = rows[(rows["model_kind"] == "champion") & (rows["scored_version"] == current)]
             if champion_rows.empty:
-                raise JobError(f"the evaluation of version {version} on {ds} has no scores of the current champion "
-                               f"(version {current}): the champion changed since, or could not be scored (see the "
-                               f"evaluate run's notes). Re-run mtl-evaluate --ds {ds} --model {version}")
+                raise JobError(
+                    f"the evaluation of version {version} on {ds} has no scores of the current champion "
+                    f"(version {current}): the champion changed since, or could not be scored (see the "
+                    f"evaluate run's notes). Re-run mtl-evaluate --ds {ds} --model {version}"
+                )
             champion = _values(champion_rows)
         decision = decide(_values(rows[rows["model_kind"] == "multi_task"]), champion, cfg.gate, current)
         run.details["gate"] = decision.as_dict()
@@ -128,35 +131,10 @@ def summarize(result: PublishResult) -> str:
     if result.outcome == ALREADY_CHAMPION:
         return f"version {result.model_version} already is the champion"
     if result.outcome == SUPERSEDED:
-        return (f"skipped: a newer version ({result.previous_champion}) is already the champion; version "
-                f"{result.model_version} is not published (--allow-older publishes it, for a rollback)")
+        return (
+            f"skipped: a newer version ({result.previous_champion}) is already the champion; version "
+            f"{result.model_version} is not published (--allow-older publishes it, for a rollback)"
+        )
     lines = [f"version {result.model_version} published as the champion (before: {result.previous_champion or 'none'})"]
     lines += [f"  {c.reason}" for c in result.decision.checks]
     return "\n".join(lines)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = job_parser(
-        "publish",
-        "Quality gate: make the evaluated model version the champion only if its metrics on --ds pass every "
-        "gated floor and are not worse than the champion's by more than the tolerance; exit 1 otherwise. "
-        "A version older than the champion (a rerun of an earlier ds) is skipped: exit 0, nothing changed.",
-        ds_required=True,
-    )
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--model", metavar="VERSION", help="registered version to publish (default: the latest)")
-    which.add_argument("--trained-for-ds", action="store_true",
-                       help="publish the newest version trained for --ds (what train --ds registered or reused), "
-                            "not the latest registered; the daily DAG passes it")
-    parser.add_argument("--allow-older", action="store_true",
-                        help="gate and publish the version even if the champion is a newer one (a rollback); "
-                             "without it that case is skipped: exit 0, nothing changed")
-    args = parser.parse_args(argv)
-
-    def body(cfg: Config) -> str:
-        from mtl.spark import build_spark
-
-        version = require_trained_version(cfg, args.ds) if args.trained_for_ds else args.model
-        return summarize(run_publish(build_spark(cfg.spark), cfg, args.ds, version, args.allow_older))
-
-    return run_job(args, body)

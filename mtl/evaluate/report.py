@@ -21,9 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from mtl import metrics as M  # noqa: E402
+from mtl import metric_functions as M  # noqa: E402
 from mtl.evaluate.gate import GateDecision  # noqa: E402
-from mtl.evaluate.metrics_table import (  # noqa: E402
+from mtl.evaluate.model_metrics import (  # noqa: E402
     BINARY_TASKS,
     RANKING_METRICS,
     RETRIEVAL,
@@ -34,8 +34,17 @@ from mtl.evaluate.metrics_table import (  # noqa: E402
 )
 
 # Display order: the candidate, what it must beat, then the baselines from strongest to simplest.
-KIND_ORDER = ("multi_task", "champion", "single_task", "logistic_regression", "gbt", "als", "category_popularity",
-              "popularity", "recency_frequency")
+KIND_ORDER = (
+    "multi_task",
+    "champion",
+    "single_task",
+    "logistic_regression",
+    "gbt",
+    "als",
+    "category_popularity",
+    "popularity",
+    "recency_frequency",
+)
 BINARY_COLUMNS = ("auc", "gauc", "log_loss", "calibration")
 MAX_CURVE_POINTS = 200
 
@@ -203,7 +212,9 @@ def _roc_figure(data: ReportData):
     for ax, (task, labels, scores) in zip(axes, panels):
         for kind in _ordered(scores):
             fpr, tpr = roc_points(labels, scores[kind])
-            ax.plot(fpr, tpr, label=f"{kind} ({M.auc(labels, scores[kind]):.3f})", lw=2.2 if kind == "multi_task" else 1.2)
+            ax.plot(
+                fpr, tpr, label=f"{kind} ({M.auc(labels, scores[kind]):.3f})", lw=2.2 if kind == "multi_task" else 1.2
+            )
         ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
         ax.set(title=task.name, xlabel="false positive rate", ylabel="true positive rate")
         ax.legend(fontsize=7, loc="lower right")
@@ -254,8 +265,14 @@ def _history_figure(history: pd.DataFrame, ks: Sequence[int]):
         rows = rows.sort_values("evaluated_at").groupby(["model_kind", "ds"], as_index=False).last()
         for kind in _ordered(rows["model_kind"].unique()):
             line = rows[rows["model_kind"] == kind].sort_values("ds")
-            ax.plot(pd.to_datetime(line["ds"]), line["value"], marker="o", ms=3, label=kind,
-                    lw=2.2 if kind == "multi_task" else 1.2)
+            ax.plot(
+                pd.to_datetime(line["ds"]),
+                line["value"],
+                marker="o",
+                ms=3,
+                label=kind,
+                lw=2.2 if kind == "multi_task" else 1.2,
+            )
         ax.set(title=f"{task} {metric}" + (f"@{k}" if k else ""), xlabel="ds")
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         ax.legend(fontsize=7)

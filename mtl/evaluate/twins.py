@@ -10,67 +10,29 @@ one). ESMM's twins use its backbone, as ESMM needs both click and purchase.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import io
 import logging
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from pyspark.sql import SparkSession
 
 from mtl.config import Config, parse_typed
 from mtl.data.snapshot import snapshot_files
-from mtl.errors import InputError
-from mtl.models.config import ModelConfig, TaskConfig, check_model_config
+from mtl.evaluate.training_window import RETRIEVAL_TWIN, TrainingWindow
+from mtl.models.model_config import ModelConfig, TaskConfig, check_model_config
 from mtl.registry import Artifact
 from mtl.tables import TRAINING_EXAMPLES
 from mtl.train.job import TrainPlan, train_worker, unknown_labels
 
 log = logging.getLogger(__name__)
 
-RETRIEVAL_TWIN = "retrieval"
 
-
-@dataclass(frozen=True)
-class TrainingWindow:
-    """Where a model version was trained, from its artifact's metadata (written by the train job)."""
-
-    ds: dt.date
-    mode: str
-    train_from: dt.date
-    train_to: dt.date
-    val_ds: Optional[dt.date]
-    table_version: Optional[int]
-    best_epoch: Optional[int]
-
-    @classmethod
-    def from_metadata(cls, metadata: dict[str, Any], version: Optional[str]) -> TrainingWindow:
-        missing = [k for k in ("ds", "train_ds_from", "train_ds_to") if not metadata.get(k)]
-        if missing:
-            raise InputError(f"model version {version} has no {', '.join(missing)} in its metadata: "
-                             "evaluation needs to know which days it was trained on")
-        day = dt.date.fromisoformat
-        fit = metadata.get("fit") or {}
-        return cls(
-            ds=day(metadata["ds"]),
-            mode=str(metadata.get("mode", "full")),
-            train_from=day(metadata["train_ds_from"]),
-            train_to=day(metadata["train_ds_to"]),
-            val_ds=day(metadata["val_ds"]) if metadata.get("val_ds") else None,
-            table_version=(metadata.get("tables_read") or {}).get(TRAINING_EXAMPLES.name),
-            best_epoch=fit.get("best_epoch"),
-        )
-
-    @property
-    def last_day_used(self) -> dt.date:
-        return max(self.train_to, self.val_ds or self.train_to)
-
-
-def twin_configs(model_cfg: ModelConfig, labels: Sequence[str], epochs: Optional[int],
-                 retrieval_epochs: Optional[int]) -> dict[str, ModelConfig]:
+def twin_configs(
+    model_cfg: ModelConfig, labels: Sequence[str], epochs: Optional[int], retrieval_epochs: Optional[int]
+) -> dict[str, ModelConfig]:
     """label -> its ranking twin, for each of ``labels`` the candidate learns, and RETRIEVAL_TWIN ->
     the retrieval-only twin when the candidate has the retrieval head."""
     arch = model_cfg.architecture
@@ -88,8 +50,9 @@ def twin_configs(model_cfg: ModelConfig, labels: Sequence[str], epochs: Optional
             base,
             tasks=[TaskConfig(label, weights[label])],
             retrieval=dataclasses.replace(base.retrieval, enabled=False),
-            trainer=dataclasses.replace(base.trainer, early_stopping_metric=_single_task_metric(
-                model_cfg.trainer.early_stopping_metric, label)),
+            trainer=dataclasses.replace(
+                base.trainer, early_stopping_metric=_single_task_metric(model_cfg.trainer.early_stopping_metric, label)
+            ),
         )
     if model_cfg.retrieval.enabled:
         twins[RETRIEVAL_TWIN] = dataclasses.replace(
@@ -97,8 +60,9 @@ def twin_configs(model_cfg: ModelConfig, labels: Sequence[str], epochs: Optional
             tasks=[TaskConfig(model_cfg.retrieval.positive_label, 0.0)],
             # Learned task weights would train the weight-0 task after all.
             loss_weighting="static",
-            trainer=dataclasses.replace(base.trainer, epochs=retrieval_epochs or base.trainer.epochs,
-                                        early_stopping_metric="mean_auc"),
+            trainer=dataclasses.replace(
+                base.trainer, epochs=retrieval_epochs or base.trainer.epochs, early_stopping_metric="mean_auc"
+            ),
         )
     for cfg in twins.values():
         check_model_config(cfg)
@@ -114,8 +78,9 @@ def _single_task_metric(metric: str, label: str) -> str:
     return metric
 
 
-def train_twins(spark: SparkSession, cfg: Config, candidate: Artifact, window: TrainingWindow,
-                labels: Sequence[str]) -> dict[str, Artifact]:
+def train_twins(
+    spark: SparkSession, cfg: Config, candidate: Artifact, window: TrainingWindow, labels: Sequence[str]
+) -> dict[str, Artifact]:
     """Train the twins of ``labels`` (and the retrieval twin) on the candidate's training window,
     at the training_examples version it read; ranking twins stop early on its validation day
     as the candidate did. The retrieval twin has no validation metric of its own, so it trains
@@ -129,19 +94,32 @@ def train_twins(spark: SparkSession, cfg: Config, candidate: Artifact, window: T
     val = snapshot_files(spark, path, window.val_ds, window.val_ds, version=train.version) if window.val_ds else None
     twins = {}
     for name, twin_cfg in configs.items():
-        log.info("training the single-task twin %r of version %s on ds %s..%s", name, candidate.version,
-                 window.train_from, window.train_to)
+        log.info(
+            "training the single-task twin %r of version %s on ds %s..%s",
+            name,
+            candidate.version,
+            window.train_from,
+            window.train_to,
+        )
         with tempfile.TemporaryDirectory(prefix="mtl-twin-") as checkpoints:
             plan = TrainPlan(
-                ds=window.ds.isoformat(), mode="full",
+                ds=window.ds.isoformat(),
+                mode="full",
                 train_days=(window.train_from.isoformat(), window.train_to.isoformat()),
                 val_day=window.val_ds.isoformat() if val and name != RETRIEVAL_TWIN else None,
-                table_version=train.version, train_files=train.files, train_rows=train.rows,
+                table_version=train.version,
+                train_files=train.files,
+                train_rows=train.rows,
                 val_files=val.files if val and name != RETRIEVAL_TWIN else [],
-                model_config=dataclasses.asdict(twin_cfg), feature_stats=candidate.feature_stats,
-                init_weights=None, warm_start_version=None, checkpoint_dir=checkpoints,
-                scale_lr_with_workers=False, sparse_as_dense=False,
-                reader_workers=cfg.training.reader_workers, torch_threads=cfg.training.torch_threads,
+                model_config=dataclasses.asdict(twin_cfg),
+                feature_stats=candidate.feature_stats,
+                init_weights=None,
+                warm_start_version=None,
+                checkpoint_dir=checkpoints,
+                scale_lr_with_workers=False,
+                sparse_as_dense=False,
+                reader_workers=cfg.training.reader_workers,
+                torch_threads=cfg.training.torch_threads,
                 unknown_labels=unknown_labels(window.ds, train, val if name != RETRIEVAL_TWIN else None),
             )
             result = train_worker(plan)

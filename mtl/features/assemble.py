@@ -9,7 +9,8 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from mtl.features.schema import (
+from mtl.features.transforms import Priors, id_hash
+from mtl.schema import (
     HISTORY_LENGTH,
     ITEM_DENSE,
     PAD_HASH,
@@ -20,11 +21,14 @@ from mtl.features.schema import (
     USER_ITEM_DENSE,
     dense_columns,
 )
-from mtl.features.transforms import Priors, id_hash
 
 DEFAULT_AT_CAP = (
-    "u_days_since_last_event", "u_days_since_last_purchase", "u_mean_purchase_interval_days",
-    "i_days_since_last_event", "uc_days_since_last_purchase", "uc_mean_purchase_interval_days",
+    "u_days_since_last_event",
+    "u_days_since_last_purchase",
+    "u_mean_purchase_interval_days",
+    "i_days_since_last_event",
+    "uc_days_since_last_purchase",
+    "uc_mean_purchase_interval_days",
     "ui_days_since_last_purchase",
 )
 

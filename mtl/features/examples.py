@@ -21,8 +21,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from mtl.config import FeaturesConfig
-from mtl.features.schema import INTERACTION_TYPES, REPURCHASE_HORIZONS_DAYS
 from mtl.features.transforms import RATE_WINDOW_DAYS
+from mtl.schema import INTERACTION_TYPES, REPURCHASE_HORIZONS_DAYS
 
 LABEL_HORIZON_COLUMNS = {n: f"repurchase_{n}d" for n in REPURCHASE_HORIZONS_DAYS}
 
@@ -87,9 +87,7 @@ def sampled_negatives(
     """k draws per positive (seeded by ds, user, item and draw number, so reruns agree), minus
     items the user touched on D and repeated draws."""
     k = cfg.negatives_per_positive
-    draws = positives.select(
-        "user_id", "item_id", F.explode(F.sequence(F.lit(0), F.lit(k - 1))).alias("draw")
-    ).select(
+    draws = positives.select("user_id", "item_id", F.explode(F.sequence(F.lit(0), F.lit(k - 1))).alias("draw")).select(
         "user_id",
         F.pmod(
             F.xxhash64(F.lit(cfg.seed), F.lit(ds.isoformat()), "user_id", "item_id", "draw"), F.lit(cfg.sampling_slots)
@@ -142,7 +140,12 @@ def repurchase_rows(
         pairs.where((F.col("ui_purchase_days") > 0) & (F.col("ui_days_since_last_purchase") <= lookback))
         .select("user_id", "item_id")
         .join(item_later, ["user_id", "item_id"], "left")
-        .select("user_id", "item_id", F.lit("repurchase_item").alias("row_kind"), *_horizon_label(within, ds, observed_until))
+        .select(
+            "user_id",
+            "item_id",
+            F.lit("repurchase_item").alias("row_kind"),
+            *_horizon_label(within, ds, observed_until),
+        )
     )
     cats = (
         user_cats.where((F.col("uc_purchase_days") > 0) & (F.col("uc_days_since_last_purchase") <= lookback))
@@ -161,6 +164,8 @@ def repurchase_rows(
         F.lit(None).cast("int").alias("purchase"),
         F.lit(False).alias("is_sampled_negative"),
     )
-    return items.withColumn("day_category_id", F.lit(None).cast("string")).unionByName(cats).select(
-        "*", *no_exposure_labels
+    return (
+        items.withColumn("day_category_id", F.lit(None).cast("string"))
+        .unionByName(cats)
+        .select("*", *no_exposure_labels)
     )

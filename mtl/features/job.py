@@ -18,14 +18,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mtl import delta_io
-from mtl.cli import job_parser, parse_ds, run_job
 from mtl.config import Config
 from mtl.errors import InputError
 from mtl.features import examples as ex
-from mtl.features.assemble import feature_defaults, model_inputs
 from mtl.features import transforms as tf
-from mtl.features.schema import dense_columns
-from mtl.runs import RunRecorder
+from mtl.features.assemble import feature_defaults, model_inputs
+from mtl.run_record import RunRecorder
+from mtl.schema import dense_columns
 from mtl.tables import (
     EVENTS,
     FEATURE_STATS,
@@ -121,8 +120,15 @@ def feature_stats(examples: DataFrame, defaults: dict[str, float]) -> list[dict]
             | {k: row[f"{c}__{k}"] for k in ("mean", "stddev", "min", "max", "log_mean", "log_stddev")}
         )
     for c in CATEGORICAL_STATS:
-        out.append({"column": c, "kind": "categorical", "count": row["count"],
-                    "approx_distinct": row[f"{c}__approx_distinct"], "default_value": None})
+        out.append(
+            {
+                "column": c,
+                "kind": "categorical",
+                "count": row["count"],
+                "approx_distinct": row[f"{c}__approx_distinct"],
+                "default_value": None,
+            }
+        )
     return out
 
 
@@ -151,15 +157,23 @@ def build_features(spark: SparkSession, cfg: Config, ds: dt.date) -> FeatureResu
                 (TRAINING_EXAMPLES, frames.examples),
             ):
                 log.info("ds %s: writing %s", ds, spec.name)
-                _record(result, spec, delta_io.replace_partition(spark, df.withColumn("ds", F.lit(ds)), spec,
-                                                                 spec.path(cfg.storage), ds))
+                _record(
+                    result,
+                    spec,
+                    delta_io.replace_partition(spark, df.withColumn("ds", F.lit(ds)), spec, spec.path(cfg.storage), ds),
+                )
         finally:
             spark.catalog.clearCache()
         # Statistics of what was written, read back from the table rather than recomputed.
         examples = spark.read.format("delta").load(TRAINING_EXAMPLES.path(cfg.storage)).where(F.col("ds") == F.lit(ds))
-        stats = spark.createDataFrame([dict(r, ds=ds) for r in feature_stats(examples, frames.defaults)], schema=FEATURE_STATS.schema)
-        _record(result, FEATURE_STATS, delta_io.replace_partition(spark, stats, FEATURE_STATS,
-                                                                  FEATURE_STATS.path(cfg.storage), ds))
+        stats = spark.createDataFrame(
+            [dict(r, ds=ds) for r in feature_stats(examples, frames.defaults)], schema=FEATURE_STATS.schema
+        )
+        _record(
+            result,
+            FEATURE_STATS,
+            delta_io.replace_partition(spark, stats, FEATURE_STATS, FEATURE_STATS.path(cfg.storage), ds),
+        )
         run.tables_written = dict(result.versions)
         run.output_rows = result.rows[TRAINING_EXAMPLES.name]
         run.details.update(
@@ -194,41 +208,3 @@ def build_features_days(spark, cfg: Config, days: list[dt.date]) -> list[Feature
         log.info("building features for ds %s (%d of %d)", ds, len(results) + 1, len(days))
         results.append(build_features(spark, cfg, ds))
     return results
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = job_parser(
-        "build_features",
-        "Build user/item/user-category features and training examples as of --ds (or each day of "
-        "--start..--end) from the events table. Features use only events strictly before the day.",
-    )
-    parser.add_argument("--start", type=parse_ds, help="first ds of a backfill (with --end)")
-    parser.add_argument("--end", type=parse_ds, help="last ds of a backfill, inclusive")
-    parser.add_argument(
-        "--with-pending-days", action="store_true",
-        help="with --ds: also build the days of --ds's training window (training.window_days) that have no "
-             "training_examples yet, and the window days whose repurchase label window has just closed (their "
-             "labels are complete now), in date order: what train --ds needs. The daily DAG and mtl-pipeline "
-             "pass it (mtl/pipeline/policy.py: feature_days)",
-    )
-    args = parser.parse_args(argv)
-    if bool(args.start) != bool(args.end) or (args.start and args.ds):
-        parser.error("give either --ds, or both --start and --end")
-    if not (args.ds or args.start):
-        parser.error("--ds (or --start and --end) is required")
-    if args.with_pending_days and not args.ds:
-        parser.error("--with-pending-days goes with --ds")
-
-    def body(cfg: Config) -> str:
-        from mtl.spark import build_spark
-
-        spark = build_spark(cfg.spark)
-        if args.with_pending_days:
-            from mtl.pipeline.policy import feature_days
-
-            days = feature_days(spark, cfg, args.ds)
-        else:
-            days = [args.ds] if args.ds else date_range(args.start, args.end)
-        return summarize(build_features_days(spark, cfg, days))
-
-    return run_job(args, body)

@@ -17,7 +17,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from mtl.config import FeaturesConfig
-from mtl.features.schema import (
+from mtl.schema import (
     EVENT_TYPES,
     HISTORY_LENGTH,
     INTERACTION_TYPES,
@@ -154,7 +154,10 @@ def user_item_pairs(grain: DataFrame, cap: int) -> DataFrame:
 def user_item_features(pairs: DataFrame) -> DataFrame:
     """The published (user, item) facts: what scoring joins onto candidate pairs."""
     return pairs.select(
-        "user_id", "item_id", "category_id", *USER_ITEM_DENSE,
+        "user_id",
+        "item_id",
+        "category_id",
+        *USER_ITEM_DENSE,
         F.col("last_interaction_ts").alias("ui_last_interaction_ts"),
         F.col("last_purchase_ts").alias("ui_last_purchase_ts"),
     )
@@ -242,10 +245,14 @@ def recent_items(pairs: DataFrame) -> DataFrame:
         1,
         HISTORY_LENGTH,
     )
-    return pairs.groupBy("user_id").agg(ordered.alias("recent")).select(
-        "user_id",
-        F.col("recent.item_id").alias("hist_item_ids"),
-        F.col("recent.category_id").alias("hist_category_ids"),
+    return (
+        pairs.groupBy("user_id")
+        .agg(ordered.alias("recent"))
+        .select(
+            "user_id",
+            F.col("recent.item_id").alias("hist_item_ids"),
+            F.col("recent.category_id").alias("hist_category_ids"),
+        )
     )
 
 
@@ -253,12 +260,17 @@ def top_categories(cats: DataFrame) -> DataFrame:
     """The user's TOP_CATEGORIES categories by interactions in the rate window (ties: by id)."""
     keyed = F.when(
         F.col(f"uc_interactions_{RATE_WINDOW_DAYS}d") > 0,
-        F.struct(F.col(f"uc_interactions_{RATE_WINDOW_DAYS}d").alias("n"), (-F.xxhash64("category_id")).alias("tie"),
-                 F.col("category_id")),
+        F.struct(
+            F.col(f"uc_interactions_{RATE_WINDOW_DAYS}d").alias("n"),
+            (-F.xxhash64("category_id")).alias("tie"),
+            F.col("category_id"),
+        ),
     )
     top = F.slice(F.sort_array(F.collect_list(keyed), asc=False), 1, TOP_CATEGORIES)
-    return cats.groupBy("user_id").agg(top.alias("top")).select(
-        "user_id", F.col("top.category_id").alias("u_top_category_ids")
+    return (
+        cats.groupBy("user_id")
+        .agg(top.alias("top"))
+        .select("user_id", F.col("top.category_id").alias("u_top_category_ids"))
     )
 
 
@@ -276,7 +288,10 @@ def user_category_features(grain: DataFrame, p: Priors, cfg: FeaturesConfig) -> 
     )
     bought = F.col("purchases") > 0
     agg = per_day.groupBy("user_id", "category_id").agg(
-        *[_sum_if(_in_window(w), F.col("interactions")).cast("double").alias(f"uc_interactions_{w}d") for w in WINDOWS_DAYS],
+        *[
+            _sum_if(_in_window(w), F.col("interactions")).cast("double").alias(f"uc_interactions_{w}d")
+            for w in WINDOWS_DAYS
+        ],
         *[_sum_if(_in_window(w), F.col("purchases")).cast("double").alias(f"uc_purchases_{w}d") for w in WINDOWS_DAYS],
         F.coalesce(F.min(F.when(bought, F.col(AGE))), F.lit(cap)).cast("double").alias("uc_days_since_last_purchase"),
         F.sum(bought.cast("int")).alias("purchase_days"),

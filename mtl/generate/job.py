@@ -7,7 +7,6 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,6 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mtl.cli import job_parser, run_job
 from mtl.config import Config, GeneratorConfig
 from mtl.generate import simulate as S
 from mtl.generate.world import block_count, block_users, build_world
@@ -25,46 +23,54 @@ from mtl.tables import resolve_path
 
 log = logging.getLogger(__name__)
 
-RAW_EVENT_SCHEMA = T.StructType([
-    T.StructField("user_id", T.StringType()),
-    T.StructField("item_id", T.StringType()),
-    T.StructField("category_id", T.StringType()),
-    T.StructField("event_type", T.StringType()),
-    T.StructField("event_ts", T.LongType()),
-    T.StructField("quantity", T.IntegerType()),
-    T.StructField("price", T.DoubleType()),
-])
-IMPRESSION_SCHEMA = T.StructType([
-    T.StructField("user_id", T.StringType()),
-    T.StructField("item_id", T.StringType()),
-    T.StructField("category_id", T.StringType()),
-    T.StructField("impression_ts", T.LongType()),
-    T.StructField("day", T.IntegerType()),
-    T.StructField("position", T.IntegerType()),
-    T.StructField("hour", T.IntegerType()),
-    T.StructField("true_affinity", T.DoubleType()),
-    T.StructField("true_popularity", T.DoubleType()),
-    T.StructField("p_click", T.DoubleType()),
-    T.StructField("clicked", T.BooleanType()),
-    T.StructField("p_purchase", T.DoubleType()),
-    T.StructField("purchased", T.BooleanType()),
-])
-REPURCHASE_SCHEMA = T.StructType([
-    T.StructField("level", T.StringType()),
-    T.StructField("user_id", T.StringType()),
-    T.StructField("category_id", T.StringType()),
-    T.StructField("item_id", T.StringType()),
-    T.StructField("day", T.IntegerType()),
-    T.StructField("days_since_last_purchase", T.IntegerType()),
-    T.StructField("p_repurchase", T.DoubleType()),
-    T.StructField("consumable", T.BooleanType()),
-])
-USER_SCHEMA = T.StructType([
-    T.StructField("user_id", T.StringType()),
-    T.StructField("activity_level", T.StringType()),
-    T.StructField("true_activity", T.DoubleType()),
-    T.StructField("true_price_sensitivity", T.DoubleType()),
-])
+RAW_EVENT_SCHEMA = T.StructType(
+    [
+        T.StructField("user_id", T.StringType()),
+        T.StructField("item_id", T.StringType()),
+        T.StructField("category_id", T.StringType()),
+        T.StructField("event_type", T.StringType()),
+        T.StructField("event_ts", T.LongType()),
+        T.StructField("quantity", T.IntegerType()),
+        T.StructField("price", T.DoubleType()),
+    ]
+)
+IMPRESSION_SCHEMA = T.StructType(
+    [
+        T.StructField("user_id", T.StringType()),
+        T.StructField("item_id", T.StringType()),
+        T.StructField("category_id", T.StringType()),
+        T.StructField("impression_ts", T.LongType()),
+        T.StructField("day", T.IntegerType()),
+        T.StructField("position", T.IntegerType()),
+        T.StructField("hour", T.IntegerType()),
+        T.StructField("true_affinity", T.DoubleType()),
+        T.StructField("true_popularity", T.DoubleType()),
+        T.StructField("p_click", T.DoubleType()),
+        T.StructField("clicked", T.BooleanType()),
+        T.StructField("p_purchase", T.DoubleType()),
+        T.StructField("purchased", T.BooleanType()),
+    ]
+)
+REPURCHASE_SCHEMA = T.StructType(
+    [
+        T.StructField("level", T.StringType()),
+        T.StructField("user_id", T.StringType()),
+        T.StructField("category_id", T.StringType()),
+        T.StructField("item_id", T.StringType()),
+        T.StructField("day", T.IntegerType()),
+        T.StructField("days_since_last_purchase", T.IntegerType()),
+        T.StructField("p_repurchase", T.DoubleType()),
+        T.StructField("consumable", T.BooleanType()),
+    ]
+)
+USER_SCHEMA = T.StructType(
+    [
+        T.StructField("user_id", T.StringType()),
+        T.StructField("activity_level", T.StringType()),
+        T.StructField("true_activity", T.DoubleType()),
+        T.StructField("true_price_sensitivity", T.DoubleType()),
+    ]
+)
 TAOBAO_BEHAVIOUR = {"click": "pv", "fav": "fav", "cart": "cart", "purchase": "buy"}
 
 
@@ -79,8 +85,10 @@ class GenerateResult:
 
 
 def output_paths(root: str) -> dict[str, str]:
-    return {name: f"{root}/{name}" for name in (
-        "events", "items", "users", "truth/impressions", "truth/repurchase", "truth/categories")}
+    return {
+        name: f"{root}/{name}"
+        for name in ("events", "items", "users", "truth/impressions", "truth/repurchase", "truth/categories")
+    }
 
 
 def _block_tables(shared_world: Broadcast, g: GeneratorConfig, kind: str):
@@ -115,18 +123,26 @@ def generate_tables(spark: SparkSession, cfg: Config) -> dict[str, DataFrame]:
     def per_block(kind: str, schema: T.StructType) -> DataFrame:
         return blocks.mapInPandas(_block_tables(shared, g, kind), schema)
 
-    items = spark.createDataFrame(pd.DataFrame({
-        "item_id": (np.arange(g.items) + 1).astype(str),
-        "category_id": (world.item_cat + 1).astype(str),
-        "price": world.item_price,
-        "release_day": world.item_release.astype(np.int32),
-    })).withColumn("first_available_date", F.date_add(F.lit(g.start_date).cast("date"), F.col("release_day")))
-    categories = spark.createDataFrame(pd.DataFrame({
-        "category_id": (np.arange(g.categories) + 1).astype(str),
-        "consumable": world.cat_consumable,
-        "cycle_days": world.cat_cycle.astype(np.int32),
-        "cycle_jitter_days": world.cat_jitter.astype(np.int32),
-    }))
+    items = spark.createDataFrame(
+        pd.DataFrame(
+            {
+                "item_id": (np.arange(g.items) + 1).astype(str),
+                "category_id": (world.item_cat + 1).astype(str),
+                "price": world.item_price,
+                "release_day": world.item_release.astype(np.int32),
+            }
+        )
+    ).withColumn("first_available_date", F.date_add(F.lit(g.start_date).cast("date"), F.col("release_day")))
+    categories = spark.createDataFrame(
+        pd.DataFrame(
+            {
+                "category_id": (np.arange(g.categories) + 1).astype(str),
+                "consumable": world.cat_consumable,
+                "cycle_days": world.cat_cycle.astype(np.int32),
+                "cycle_jitter_days": world.cat_jitter.astype(np.int32),
+            }
+        )
+    )
     return {
         "events": per_block("events", RAW_EVENT_SCHEMA),
         "items": items.drop("release_day"),
@@ -142,13 +158,20 @@ def format_log(events: DataFrame, output_format: str) -> DataFrame:
     if output_format == "taobao_user_behavior":
         behaviour = F.create_map(*[F.lit(x) for kv in TAOBAO_BEHAVIOUR.items() for x in kv])
         return events.filter(F.col("event_type") != "impression").select(
-            F.col("user_id").alias("user"), F.col("item_id").alias("item"), F.col("category_id").alias("category"),
-            behaviour[F.col("event_type")].alias("behavior"), F.col("event_ts").alias("ts"),
+            F.col("user_id").alias("user"),
+            F.col("item_id").alias("item"),
+            F.col("category_id").alias("category"),
+            behaviour[F.col("event_type")].alias("behavior"),
+            F.col("event_ts").alias("ts"),
         )
     return events.select(
-        "user_id", "item_id", "category_id", "event_type",
+        "user_id",
+        "item_id",
+        "category_id",
+        "event_type",
         F.date_format(F.timestamp_seconds("event_ts"), "yyyy-MM-dd'T'HH:mm:ss'Z'").alias("event_ts"),
-        "quantity", "price",
+        "quantity",
+        "price",
     )
 
 
@@ -158,8 +181,14 @@ def run_generate(spark: SparkSession, cfg: Config) -> GenerateResult:
     root = resolve_path(g.output)
     paths = output_paths(root)
     tables = generate_tables(spark, cfg)
-    log.info("generating %d users x %d days (%d blocks) into %s as %s",
-             g.users, g.days, block_count(g), root, g.output_format)
+    log.info(
+        "generating %d users x %d days (%d blocks) into %s as %s",
+        g.users,
+        g.days,
+        block_count(g),
+        root,
+        g.output_format,
+    )
 
     # Spark's UTC session time zone makes the canonical timestamps exact.
     events = tables["events"].persist(StorageLevel.DISK_ONLY)
@@ -204,17 +233,3 @@ def _write_text(spark: SparkSession, path: str, text: str) -> None:
     stream = fs.create(hadoop_path, True)
     stream.write(bytearray(text.encode()))
     stream.close()
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = job_parser("mtl-generate", "Generate a synthetic behaviour log with ground truth.")
-    args = parser.parse_args(argv)
-
-    def body(cfg: Config) -> str:
-        from mtl.spark import build_spark
-
-        result = run_generate(build_spark(cfg.spark), cfg)
-        return (f"generated {result.events:,} {result.format} log rows for {result.users:,} users and "
-                f"{result.items:,} items in {result.seconds:.1f}s\n  output {result.output}")
-
-    return run_job(args, body)

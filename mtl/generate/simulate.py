@@ -58,9 +58,25 @@ def simulate_block(world: World, g: GeneratorConfig, block: int) -> Block:
     rng = np.random.default_rng([g.seed, 2, block])
     n, k = len(users.ids), g.impressions_per_session
     purchased_keys = np.empty(0, dtype=np.int64)  # user * items + item: not shown again
-    cols: dict[str, list[np.ndarray]] = {name: [] for name in (
-        "user", "item", "day", "ts", "position", "hour", "affinity", "popularity",
-        "p_click", "clicked", "p_purchase", "purchased", "carted", "faved")}
+    cols: dict[str, list[np.ndarray]] = {
+        name: []
+        for name in (
+            "user",
+            "item",
+            "day",
+            "ts",
+            "position",
+            "hour",
+            "affinity",
+            "popularity",
+            "p_click",
+            "clicked",
+            "p_purchase",
+            "purchased",
+            "carted",
+            "faved",
+        )
+    }
 
     for day in range(g.days):
         sessions = rng.poisson(users.activity)
@@ -84,8 +100,13 @@ def simulate_block(world: World, g: GeneratorConfig, block: int) -> Block:
 
         affinity = np.einsum("ij,ij->i", users.vec[user], world.item_vec[item])
         popularity = world.popularity(day, g.popularity_drift)[item]
-        p_click = _sigmoid(CLICK.taste * affinity + CLICK.popularity * popularity
-                           + CLICK.position * position + HOUR_EFFECT[hours] + CLICK.bias)
+        p_click = _sigmoid(
+            CLICK.taste * affinity
+            + CLICK.popularity * popularity
+            + CLICK.position * position
+            + HOUR_EFFECT[hours]
+            + CLICK.bias
+        )
         clicked = rng.random(len(item)) < p_click
         log_rel_price = np.log(world.item_price[item] / world.cat_price[world.item_cat[item]])
         p_buy = _sigmoid(PURCHASE.taste * affinity - users.price_sensitivity[user] * log_rel_price + PURCHASE.bias)
@@ -94,11 +115,22 @@ def simulate_block(world: World, g: GeneratorConfig, block: int) -> Block:
         carted = clicked & (rng.random(len(item)) < cart_p)
         faved = clicked & (rng.random(len(item)) < PURCHASE.fav)
 
-        for name, values in (("user", user), ("item", item), ("day", np.full(len(item), day)), ("ts", ts),
-                             ("position", position), ("hour", hours), ("affinity", affinity),
-                             ("popularity", popularity), ("p_click", p_click), ("clicked", clicked),
-                             ("p_purchase", np.where(clicked, p_buy, np.nan)), ("purchased", purchased),
-                             ("carted", carted), ("faved", faved)):
+        for name, values in (
+            ("user", user),
+            ("item", item),
+            ("day", np.full(len(item), day)),
+            ("ts", ts),
+            ("position", position),
+            ("hour", hours),
+            ("affinity", affinity),
+            ("popularity", popularity),
+            ("p_click", p_click),
+            ("clicked", clicked),
+            ("p_purchase", np.where(clicked, p_buy, np.nan)),
+            ("purchased", purchased),
+            ("carted", carted),
+            ("faved", faved),
+        ):
             cols[name].append(values)
         purchased_keys = np.union1d(purchased_keys, user[purchased].astype(np.int64) * g.items + item[purchased])
 
@@ -111,11 +143,22 @@ def simulate_block(world: World, g: GeneratorConfig, block: int) -> Block:
     spawns, reps = _replenish(world, g, users, rng, imp)
     return Block(
         users=users,
-        imp_user=imp["user"], imp_item=imp["item"], imp_day=imp["day"], imp_ts=imp["ts"],
-        imp_position=imp["position"], imp_hour=imp["hour"], imp_affinity=imp["affinity"],
-        imp_popularity=imp["popularity"], p_click=imp["p_click"], clicked=imp["clicked"],
-        p_purchase=imp["p_purchase"], purchased=imp["purchased"], carted=imp["carted"], faved=imp["faved"],
-        **spawns, **reps,
+        imp_user=imp["user"],
+        imp_item=imp["item"],
+        imp_day=imp["day"],
+        imp_ts=imp["ts"],
+        imp_position=imp["position"],
+        imp_hour=imp["hour"],
+        imp_affinity=imp["affinity"],
+        imp_popularity=imp["popularity"],
+        p_click=imp["p_click"],
+        clicked=imp["clicked"],
+        p_purchase=imp["p_purchase"],
+        purchased=imp["purchased"],
+        carted=imp["carted"],
+        faved=imp["faved"],
+        **spawns,
+        **reps,
     )
 
 
@@ -139,8 +182,9 @@ def _replenish(world: World, g: GeneratorConfig, users: Users, rng: np.random.Ge
         due = happens & (lands < g.days)
         same = rng.random(len(q_user)) < g.repurchase_same_item
         pick = rng.random(len(q_user))
-        other = np.array([world.cat_items[c][int(p * len(world.cat_items[c]))] for c, p in zip(cat, pick)],
-                         dtype=np.int64)
+        other = np.array(
+            [world.cat_items[c][int(p * len(world.cat_items[c]))] for c, p in zip(cat, pick)], dtype=np.int64
+        )
         new_item = np.where(same, q_item, other)
         hour = rng.choice(24, len(q_user), p=HOUR_PROFILE)
         ts = world.start_epoch + lands * DAY + hour * 3600 + rng.integers(0, 3000, len(q_user))
@@ -184,36 +228,40 @@ def raw_events(world: World, b: Block) -> pd.DataFrame:
     df["rank"] = df["event_type"].map(order)
     df = df.sort_values(["u", "event_ts", "rank", "i"], kind="stable")
     is_purchase = df["event_type"].to_numpy() == "purchase"
-    return pd.DataFrame({
-        "user_id": (b.users.ids[df["u"].to_numpy()] + 1).astype(str),
-        "item_id": (df["i"].to_numpy() + 1).astype(str),
-        "category_id": (world.item_cat[df["i"].to_numpy()] + 1).astype(str),
-        "event_type": df["event_type"].to_numpy(),
-        "event_ts": df["event_ts"].to_numpy(dtype=np.int64),
-        "quantity": np.where(is_purchase, 1, None),
-        "price": np.where(is_purchase, world.item_price[df["i"].to_numpy()], None),
-    })
+    return pd.DataFrame(
+        {
+            "user_id": (b.users.ids[df["u"].to_numpy()] + 1).astype(str),
+            "item_id": (df["i"].to_numpy() + 1).astype(str),
+            "category_id": (world.item_cat[df["i"].to_numpy()] + 1).astype(str),
+            "event_type": df["event_type"].to_numpy(),
+            "event_ts": df["event_ts"].to_numpy(dtype=np.int64),
+            "quantity": np.where(is_purchase, 1, None),
+            "price": np.where(is_purchase, world.item_price[df["i"].to_numpy()], None),
+        }
+    )
 
 
 def impressions_truth(world: World, b: Block) -> pd.DataFrame:
     """Ground truth per impression: the true click probability, and for clicked impressions the
     true purchase probability; plus the true factors behind them. Joins to the log on
     (user_id, item_id, impression_ts), the click on impression_ts + 1."""
-    return pd.DataFrame({
-        "user_id": (b.users.ids[b.imp_user] + 1).astype(str),
-        "item_id": (b.imp_item + 1).astype(str),
-        "category_id": (world.item_cat[b.imp_item] + 1).astype(str),
-        "impression_ts": b.imp_ts,
-        "day": b.imp_day.astype(np.int32),
-        "position": b.imp_position.astype(np.int32),
-        "hour": b.imp_hour.astype(np.int32),
-        "true_affinity": b.imp_affinity,
-        "true_popularity": b.imp_popularity,
-        "p_click": b.p_click,
-        "clicked": b.clicked,
-        "p_purchase": b.p_purchase,
-        "purchased": b.purchased,
-    })
+    return pd.DataFrame(
+        {
+            "user_id": (b.users.ids[b.imp_user] + 1).astype(str),
+            "item_id": (b.imp_item + 1).astype(str),
+            "category_id": (world.item_cat[b.imp_item] + 1).astype(str),
+            "impression_ts": b.imp_ts,
+            "day": b.imp_day.astype(np.int32),
+            "position": b.imp_position.astype(np.int32),
+            "hour": b.imp_hour.astype(np.int32),
+            "true_affinity": b.imp_affinity,
+            "true_popularity": b.imp_popularity,
+            "p_click": b.p_click,
+            "clicked": b.clicked,
+            "p_purchase": b.p_purchase,
+            "purchased": b.purchased,
+        }
+    )
 
 
 def repurchase_truth(world: World, g: GeneratorConfig, b: Block) -> pd.DataFrame:
@@ -242,35 +290,63 @@ def repurchase_truth(world: World, g: GeneratorConfig, b: Block) -> pd.DataFrame
         landed = (b.spawn_lands[idx] >= 0) & (b.spawn_lands[idx] < day)
         prob = b.spawn_prob[idx]
         q = np.where(landed, 0.0, prob * within / np.maximum(1e-12, 1 - prob * before))
-        frame = pd.DataFrame({"u": b.spawn_user[idx], "i": b.spawn_item[idx], "c": b.spawn_cat[idx],
-                              "q": q, "q_item": q * g.repurchase_same_item, "last": b.spawn_day[idx]})
+        frame = pd.DataFrame(
+            {
+                "u": b.spawn_user[idx],
+                "i": b.spawn_item[idx],
+                "c": b.spawn_cat[idx],
+                "q": q,
+                "q_item": q * g.repurchase_same_item,
+                "last": b.spawn_day[idx],
+            }
+        )
         for level, key, col in (("item", ["u", "i", "c"], "q_item"), ("category", ["u", "c"], "q")):
-            agg = frame.assign(miss=np.log1p(-np.minimum(frame[col], 1 - 1e-12))).groupby(key, sort=True).agg(
-                miss=("miss", "sum"), last=("last", "max")).reset_index()
-            rows.append(pd.DataFrame({
-                "level": level,
-                "user_id": (b.users.ids[agg["u"].to_numpy()] + 1).astype(str),
-                "category_id": (agg["c"].to_numpy() + 1).astype(str),
-                "item_id": (agg["i"].to_numpy() + 1).astype(str) if level == "item" else None,
-                "day": np.int32(day),
-                "days_since_last_purchase": (day - agg["last"].to_numpy()).astype(np.int32),
-                "p_repurchase": 0.0 - np.expm1(agg["miss"].to_numpy()) + 0.0,
-                "consumable": world.cat_consumable[agg["c"].to_numpy()],
-            }))
+            agg = (
+                frame.assign(miss=np.log1p(-np.minimum(frame[col], 1 - 1e-12)))
+                .groupby(key, sort=True)
+                .agg(miss=("miss", "sum"), last=("last", "max"))
+                .reset_index()
+            )
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "level": level,
+                        "user_id": (b.users.ids[agg["u"].to_numpy()] + 1).astype(str),
+                        "category_id": (agg["c"].to_numpy() + 1).astype(str),
+                        "item_id": (agg["i"].to_numpy() + 1).astype(str) if level == "item" else None,
+                        "day": np.int32(day),
+                        "days_since_last_purchase": (day - agg["last"].to_numpy()).astype(np.int32),
+                        "p_repurchase": 0.0 - np.expm1(agg["miss"].to_numpy()) + 0.0,
+                        "consumable": world.cat_consumable[agg["c"].to_numpy()],
+                    }
+                )
+            )
     return pd.concat(rows, ignore_index=True) if rows else _empty_repurchase()
 
 
 def _empty_repurchase() -> pd.DataFrame:
-    return pd.DataFrame({"level": [], "user_id": [], "category_id": [], "item_id": [], "day": [],
-                         "days_since_last_purchase": [], "p_repurchase": [], "consumable": []})
+    return pd.DataFrame(
+        {
+            "level": [],
+            "user_id": [],
+            "category_id": [],
+            "item_id": [],
+            "day": [],
+            "days_since_last_purchase": [],
+            "p_repurchase": [],
+            "consumable": [],
+        }
+    )
 
 
 def users_table(g: GeneratorConfig, users: Users) -> pd.DataFrame:
     """The `users` side table: what a shop knows of its users (not the latent taste)."""
     level = np.digitize(users.activity, [g.sessions_per_user_day * 0.5, g.sessions_per_user_day * 2])
-    return pd.DataFrame({
-        "user_id": (users.ids + 1).astype(str),
-        "activity_level": np.array(["light", "regular", "heavy"])[level],
-        "true_activity": users.activity,
-        "true_price_sensitivity": users.price_sensitivity,
-    })
+    return pd.DataFrame(
+        {
+            "user_id": (users.ids + 1).astype(str),
+            "activity_level": np.array(["light", "regular", "heavy"])[level],
+            "true_activity": users.activity,
+            "true_price_sensitivity": users.price_sensitivity,
+        }
+    )

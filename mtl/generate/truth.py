@@ -34,8 +34,10 @@ def repurchase_labels(truth_repurchase: DataFrame, purchases: DataFrame, horizon
         rows = complete.filter(F.col("level") == level)
         p = purchases.select("user_id", F.col(key).alias("_key"), F.col("day").alias("_day"))
         in_window = (
-            (rows["user_id"] == p["user_id"]) & (rows[key] == p["_key"])
-            & (p["_day"] >= rows["day"]) & (p["_day"] < rows["day"] + horizon_days)
+            (rows["user_id"] == p["user_id"])
+            & (rows[key] == p["_key"])
+            & (p["_day"] >= rows["day"])
+            & (p["_day"] < rows["day"] + horizon_days)
         )
         hits = rows.join(p, in_window, "left_semi").withColumn("repurchased", F.lit(True))
         misses = rows.join(p, in_window, "left_anti").withColumn("repurchased", F.lit(False))

@@ -17,7 +17,32 @@ from mtl.config import GeneratorConfig
 
 # Share of sessions starting in each hour of the (business) day: quiet nights, evening peak.
 HOUR_PROFILE = np.array(
-    [1, 0.6, 0.4, 0.3, 0.3, 0.4, 0.8, 1.5, 2.2, 2.6, 2.8, 3.0, 3.2, 3.0, 2.9, 2.9, 3.0, 3.2, 3.6, 4.2, 4.8, 5.0, 4.2, 2.4]
+    [
+        1,
+        0.6,
+        0.4,
+        0.3,
+        0.3,
+        0.4,
+        0.8,
+        1.5,
+        2.2,
+        2.6,
+        2.8,
+        3.0,
+        3.2,
+        3.0,
+        2.9,
+        2.9,
+        3.0,
+        3.2,
+        3.6,
+        4.2,
+        4.8,
+        5.0,
+        4.2,
+        2.4,
+    ]
 )
 HOUR_PROFILE = HOUR_PROFILE / HOUR_PROFILE.sum()
 

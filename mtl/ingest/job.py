@@ -17,12 +17,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mtl import delta_io
-from mtl.cli import job_parser, run_job
 from mtl.config import Config
 from mtl.errors import InputError, JobError
 from mtl.ingest.normalize import INPUT_FILE, RAW_RECORD, REJECT_DETAIL, REJECT_REASON, normalize
 from mtl.ingest.read import read_raw
-from mtl.runs import RunRecorder
+from mtl.run_record import RunRecorder
 from mtl.tables import EVENTS, EVENTS_QUARANTINE
 
 log = logging.getLogger(__name__)
@@ -120,8 +119,12 @@ def run_ingest(
             events_version = delta_io.table_version(spark, events_path)
             run.tables_written[EVENTS.name] = events_version
             run.output_rows, run.duplicate_rows = accepted, valid_rows - accepted
-            log.info("inserted %d new events, skipped %d duplicates (events version %d)",
-                     accepted, valid_rows - accepted, events_version)
+            log.info(
+                "inserted %d new events, skipped %d duplicates (events version %d)",
+                accepted,
+                valid_rows - accepted,
+                events_version,
+            )
         finally:
             rows.unpersist()
 
@@ -145,7 +148,7 @@ def _count_by_reason_and_date(rows: DataFrame) -> dict[tuple[Optional[str], Opti
 
 
 def _quarantine_rows(rows: DataFrame, run_id: str, source: str, run_rejected: bool) -> DataFrame:
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     return rows.filter(F.col(REJECT_REASON).isNotNull()).select(
         F.lit(run_id).alias("run_id"),
         F.lit(source).alias("source"),
@@ -170,8 +173,8 @@ def summarize(spark: SparkSession, cfg: Config, result: IngestResult) -> str:
         f"  quarantined  {result.quarantined:>12,}  {result.reject_reasons or ''}",
     ]
     # Only the partitions this run touched: the whole table can be billions of rows.
-    events = spark.read.format("delta").load(EVENTS.path(cfg.storage)).filter(
-        F.col("event_date").isin(result.event_dates)
+    events = (
+        spark.read.format("delta").load(EVENTS.path(cfg.storage)).filter(F.col("event_date").isin(result.event_dates))
     )
     stats = events.agg(
         F.count(F.lit(1)).alias("rows"),
@@ -193,19 +196,3 @@ def summarize(spark: SparkSession, cfg: Config, result: IngestResult) -> str:
             f"{EVENTS_QUARANTINE.path(cfg.storage)}"
         )
     return "\n".join(lines)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = job_parser("mtl-ingest", "Ingest raw behaviour logs into the canonical events Delta table.")
-    parser.add_argument("--input", help="file, folder or glob to read (default: ingest.input)")
-    parser.add_argument("--format", dest="format_name", help="format preset from the config's formats section")
-    args = parser.parse_args(argv)
-
-    def body(cfg: Config) -> str:
-        from mtl.spark import build_spark
-
-        spark = build_spark(cfg.spark)
-        result = run_ingest(spark, cfg, args.input, args.ds, args.format_name)
-        return summarize(spark, cfg, result)
-
-    return run_job(args, body)

@@ -67,7 +67,9 @@ def normalize(raw: DataFrame, fmt: FormatConfig, source: str, max_future_skew_ho
     raw_price = text("price")
     price = raw_price.try_cast("double")
 
-    out_of_range = event_ts > F.current_timestamp() + F.expr(f"make_dt_interval(0, 0, 0, {max_future_skew_hours * 3600})")
+    out_of_range = event_ts > F.current_timestamp() + F.expr(
+        f"make_dt_interval(0, 0, 0, {max_future_skew_hours * 3600})"
+    )
     if fmt.valid_from:
         out_of_range = out_of_range | (event_date < F.lit(fmt.valid_from).cast("date"))
     if fmt.valid_until:
@@ -93,7 +95,10 @@ def normalize(raw: DataFrame, fmt: FormatConfig, source: str, max_future_skew_ho
         detail = detail.when(condition, offending.cast("string"))
 
     source_columns = [c for c in raw.columns if c not in (CORRUPT_COLUMN, INPUT_FILE_COLUMN)]
-    raw_record = F.coalesce(F.col(CORRUPT_COLUMN), F.to_json(F.struct(*[F.col(f"`{c}`") for c in source_columns]), {"ignoreNullFields": "false"}))
+    raw_record = F.coalesce(
+        F.col(CORRUPT_COLUMN),
+        F.to_json(F.struct(*[F.col(f"`{c}`") for c in source_columns]), {"ignoreNullFields": "false"}),
+    )
 
     canonical = raw.select(
         user_id.alias("user_id"),

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtl.features.schema import MISSING_LABEL
-from mtl.models.config import ModelConfig
-from mtl.models.features import Batch
+from mtl.models.embedding import Batch
 from mtl.models.model import ModelOutput
+from mtl.models.model_config import ModelConfig
 from mtl.models.multi_task.esmm import ctcvr_log_probs
+from mtl.schema import MISSING_LABEL
 
 
 def masked_bce_with_logits(logits: Tensor, labels: Tensor) -> Tensor:

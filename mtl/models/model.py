@@ -15,13 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from mtl.config import ConfigError
-from mtl.features.schema import Field
-from mtl.models.config import ModelConfig, check_model_config
-from mtl.models.features import SIDES, Batch, FeatureEmbedding
+from mtl.models.embedding import SIDES, Batch, FeatureEmbedding
 from mtl.models.layers import Tower
 from mtl.models.matching.two_tower import TwoTower
+from mtl.models.model_config import ModelConfig, check_model_config
 from mtl.models.multi_task import build_backbone
 from mtl.models.multi_task.esmm import ctcvr_logit, ctcvr_prob
+from mtl.schema import Field
 
 
 @dataclass
@@ -50,7 +50,9 @@ class MultiTaskRecModel(nn.Module):
         widths = self.features.widths
         self.input_sides = tuple(s for s in SIDES if widths[s])
         self.backbone = build_backbone(arch, sum(widths.values()), len(self.tasks))
-        self.towers = nn.ModuleDict({t: Tower(self.backbone.out_dim, arch.tower_units, arch.dropout) for t in self.tasks})
+        self.towers = nn.ModuleDict(
+            {t: Tower(self.backbone.out_dim, arch.tower_units, arch.dropout) for t in self.tasks}
+        )
         # ESMM: the tower of the CTCVR task is the CVR tower; its task output is the product.
         self.esmm_tasks = (arch.esmm_ctr_task, arch.esmm_ctcvr_task) if arch.name == "esmm" else None
 
@@ -59,7 +61,9 @@ class MultiTaskRecModel(nn.Module):
         if ret.enabled:
             item_id = next((f for f in fields if f.name == ret.item_id_field), None)
             if item_id is None or item_id.kind != "categorical" or item_id.side != "item":
-                raise ConfigError(f"retrieval.item_id_field: {ret.item_id_field!r} is not an item-side categorical field")
+                raise ConfigError(
+                    f"retrieval.item_id_field: {ret.item_id_field!r} is not an item-side categorical field"
+                )
             if not widths["user"] or not widths["item"]:
                 raise ConfigError("retrieval: the schema needs user-side and item-side fields for the two towers")
             self.retrieval = TwoTower(widths["user"], widths["item"], ret.tower_units, ret.dim, arch.dropout)
@@ -123,10 +127,10 @@ class MultiTaskRecModel(nn.Module):
 def build_model(
     model_cfg: ModelConfig, fields: Sequence[Field], feature_stats: Mapping[str, Sequence[float]] | None
 ) -> MultiTaskRecModel:
-    """The model for ``fields`` (e.g. mtl.features.schema.model_fields()).
+    """The model for ``fields`` (e.g. mtl.schema.model_fields()).
 
     ``feature_stats`` holds ``dense_mean`` and ``dense_std`` per dense field in log1p space (see
-    mtl.models.features.dense_feature_stats); None leaves the dense inputs at log1p only.
+    mtl.models.embedding.dense_feature_stats); None leaves the dense inputs at log1p only.
     """
     check_model_config(model_cfg)
     return MultiTaskRecModel(fields, model_cfg, feature_stats)

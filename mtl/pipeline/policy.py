@@ -10,7 +10,7 @@ make the same decisions:
   unless ``--retrain``; an explicit ``--mode full|incremental`` always trains);
 - the version evaluate and publish take: the one trained for ds, ``require_trained_version``
   (``evaluate/publish --trained-for-ds``);
-- publish never rolls the champion back to an older version: ``is_superseded`` (``publish``,
+- publish never rolls the champion back to an older version: ``is_superseded`` (in mtl.registry; ``publish``,
   unless ``--allow-older``);
 - a rerun scores with the version the ds was scored with before: ``keep_scored_model``
   (``score --keep-scored-model``).
@@ -30,7 +30,8 @@ from typing import Optional
 from mtl import registry
 from mtl.config import Config
 from mtl.errors import InputError
-from mtl.features.schema import REPURCHASE_HORIZONS_DAYS
+from mtl.registry import is_superseded  # noqa: F401  (publish applies it; listed here with the others)
+from mtl.schema import REPURCHASE_HORIZONS_DAYS
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,10 @@ def require_trained_version(cfg: Config, ds: dt.date) -> str:
     """``trained_version``, which must exist: what evaluate and publish take with --trained-for-ds."""
     version = trained_version(cfg, ds)
     if version is None:
-        raise InputError(f"registered model {cfg.tracking.registered_model!r} has no version trained for ds {ds}: "
-                         f"run train --ds {ds} first")
+        raise InputError(
+            f"registered model {cfg.tracking.registered_model!r} has no version trained for ds {ds}: "
+            f"run train --ds {ds} first"
+        )
     return version
 
 
@@ -118,22 +121,12 @@ def choose_training(cfg: Config, ds: dt.date, mode: str = AUTO, retrain: bool = 
 
 def record_reuse(spark, cfg: Config, ds: dt.date, choice: TrainChoice) -> None:
     """The ``pipeline_runs`` row of a train run that reused the day's version (trained nothing)."""
-    from mtl.runs import RunRecorder
+    from mtl.run_record import RunRecorder
 
     with RunRecorder(spark, cfg, "train", ds) as run:
         run.model_version = choice.reuse
         run.details.update(mode=AUTO, outcome="reused", reason=choice.reason)
     log.info("train: %s", choice.reason)
-
-
-# ------------------------------------------------------------------------------------------------
-# publish
-
-
-def is_superseded(version: str, champion: Optional[str]) -> bool:
-    """True when the champion is a newer registered version than ``version``: publishing
-    ``version`` would roll the published model back (a rerun of an older ds)."""
-    return champion is not None and int(champion) > int(version)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -150,9 +143,14 @@ def scored_version(spark, cfg: Config, ds: dt.date) -> Optional[str]:
     path = PIPELINE_RUNS.path(cfg.storage)
     if not DeltaTable.isDeltaTable(spark, path):
         return None
-    last = (spark.read.format("delta").load(path)
-            .where((F.col("job") == "score") & (F.col("status") == "succeeded") & (F.col("ds") == F.lit(ds)))
-            .orderBy(F.col("started_at").desc()).select("model_version").first())
+    last = (
+        spark.read.format("delta")
+        .load(path)
+        .where((F.col("job") == "score") & (F.col("status") == "succeeded") & (F.col("ds") == F.lit(ds)))
+        .orderBy(F.col("started_at").desc())
+        .select("model_version")
+        .first()
+    )
     return last[0] if last else None
 
 

@@ -31,8 +31,9 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 DAG_ID = "mtl_recsys_daily"
 SETTINGS_VARIABLE = "mtl_recsys_daily"
@@ -60,29 +61,68 @@ class Step:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("ingest", "jobs/ingest.py", retries=2, timeout_minutes=60,
-         doc="Raw logs of ds (`ingest.input`, `{ds}` filled in) -> `events`; rows already there are skipped."),
-    Step("build_features", "jobs/build_features.py", ("--ds", DS, "--with-pending-days"), retries=2,
-         timeout_minutes=120,
-         doc="`events` before each day -> the feature tables and `training_examples` of ds, of the training "
-             "window's days that have none yet, and of the days whose repurchase labels just matured "
-             "(partitions replaced)."),
-    Step("train", "jobs/train.py", ("--ds", DS, "--mode", TRAIN_MODE), retries=1, timeout_minutes=240,
-         doc="`training_examples` before ds -> a new registered model version (never published here). "
-             "--mode auto (the default param): full when nothing is published or on the full-retrain "
-             "weekday, else incremental; a rerun of ds keeps the version trained for it."),
-    Step("evaluate", "jobs/evaluate.py", ("--ds", DS, "--trained-for-ds"), retries=1, timeout_minutes=120,
-         doc="The version trained for ds (registered or kept by train) and its baselines on ds -> "
-             "`model_metrics` and a report."),
-    Step("publish", "jobs/publish.py", ("--ds", DS, "--trained-for-ds"), retries=0, timeout_minutes=15,
-         doc="The quality gate: the version trained for ds becomes the champion, or the job fails and the "
-             "champion stays as it was. Not retried: a refusal is final. Skipped (success, nothing changed) "
-             "when a newer version is already the champion."),
-    Step("score", "jobs/score.py", ("--ds", DS, "--keep-scored-model"), retries=2, timeout_minutes=120,
-         doc="The champion (a rerun: the version ds was scored with before) -> the ds partitions of "
-             "`daily_recommendations` and `repurchase_predictions`."),
-    Step("check_outputs", "jobs/check_outputs.py", retries=1, timeout_minutes=30,
-         doc="Data-quality checks of both output tables for ds (QUALITY_CHECKS); fails on any violation."),
+    Step(
+        "ingest",
+        "jobs/ingest.py",
+        retries=2,
+        timeout_minutes=60,
+        doc="Raw logs of ds (`ingest.input`, `{ds}` filled in) -> `events`; rows already there are skipped.",
+    ),
+    Step(
+        "build_features",
+        "jobs/build_features.py",
+        ("--ds", DS, "--with-pending-days"),
+        retries=2,
+        timeout_minutes=120,
+        doc="`events` before each day -> the feature tables and `training_examples` of ds, of the training "
+        "window's days that have none yet, and of the days whose repurchase labels just matured "
+        "(partitions replaced).",
+    ),
+    Step(
+        "train",
+        "jobs/train.py",
+        ("--ds", DS, "--mode", TRAIN_MODE),
+        retries=1,
+        timeout_minutes=240,
+        doc="`training_examples` before ds -> a new registered model version (never published here). "
+        "--mode auto (the default param): full when nothing is published or on the full-retrain "
+        "weekday, else incremental; a rerun of ds keeps the version trained for it.",
+    ),
+    Step(
+        "evaluate",
+        "jobs/evaluate.py",
+        ("--ds", DS, "--trained-for-ds"),
+        retries=1,
+        timeout_minutes=120,
+        doc="The version trained for ds (registered or kept by train) and its baselines on ds -> "
+        "`model_metrics` and a report.",
+    ),
+    Step(
+        "publish",
+        "jobs/publish.py",
+        ("--ds", DS, "--trained-for-ds"),
+        retries=0,
+        timeout_minutes=15,
+        doc="The quality gate: the version trained for ds becomes the champion, or the job fails and the "
+        "champion stays as it was. Not retried: a refusal is final. Skipped (success, nothing changed) "
+        "when a newer version is already the champion.",
+    ),
+    Step(
+        "score",
+        "jobs/score.py",
+        ("--ds", DS, "--keep-scored-model"),
+        retries=2,
+        timeout_minutes=120,
+        doc="The champion (a rerun: the version ds was scored with before) -> the ds partitions of "
+        "`daily_recommendations` and `repurchase_predictions`.",
+    ),
+    Step(
+        "check_outputs",
+        "jobs/check_outputs.py",
+        retries=1,
+        timeout_minutes=30,
+        doc="Data-quality checks of both output tables for ds (QUALITY_CHECKS); fails on any violation.",
+    ),
 )
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
 BY_NAME: dict[str, Step] = {s.name: s for s in STEPS}
@@ -124,20 +164,32 @@ class QualityCheck:
     rule: str
 
 
-# What check_outputs verifies on the ds partition of each output table (mtl/pipeline/quality.py).
+# What check_outputs verifies on the ds partition of each output table (mtl/pipeline/check_outputs.py).
 QUALITY_CHECKS: tuple[QualityCheck, ...] = (
     QualityCheck("daily_recommendations", "partition", "the table exists and its ds partition has rows"),
     QualityCheck("daily_recommendations", "ids", "no null user_id or item_id"),
-    QualityCheck("daily_recommendations", "ranks",
-                 "each user's ranks are 1..n without gaps or repeats, n <= scoring.k, no item twice"),
-    QualityCheck("daily_recommendations", "probabilities",
-                 "p_click and p_purchase in [0, 1], score finite and >= 0 (null and NaN fail)"),
+    QualityCheck(
+        "daily_recommendations",
+        "ranks",
+        "each user's ranks are 1..n without gaps or repeats, n <= scoring.k, no item twice",
+    ),
+    QualityCheck(
+        "daily_recommendations",
+        "probabilities",
+        "p_click and p_purchase in [0, 1], score finite and >= 0 (null and NaN fail)",
+    ),
     QualityCheck("repurchase_predictions", "partition", "the table exists and its ds partition has rows"),
-    QualityCheck("repurchase_predictions", "ids",
-                 "no null user_id, an item or a category on every row, each (user, item, category) once"),
-    QualityCheck("repurchase_predictions", "probabilities",
-                 "each p_repurchase_* column is null on every row (the model has no such task) or in [0, 1] "
-                 "on every row, and at least one column has values"),
+    QualityCheck(
+        "repurchase_predictions",
+        "ids",
+        "no null user_id, an item or a category on every row, each (user, item, category) once",
+    ),
+    QualityCheck(
+        "repurchase_predictions",
+        "probabilities",
+        "each p_repurchase_* column is null on every row (the model has no such task) or in [0, 1] "
+        "on every row, and at least one column has values",
+    ),
     QualityCheck("both", "model_version", "both partitions were written by one and the same model version"),
 )
 OUTPUT_TABLES: tuple[str, ...] = ("daily_recommendations", "repurchase_predictions")
@@ -147,12 +199,34 @@ OUTPUT_TABLES: tuple[str, ...] = ("daily_recommendations", "repurchase_predictio
 # Deployment settings: the Airflow Variable SETTINGS_VARIABLE (JSON), every key optional.
 
 # SparkSubmitOperator arguments a deployment may set (for every step, or per step).
-SPARK_SUBMIT_KEYS = frozenset({
-    "conf", "packages", "exclude_packages", "repositories", "py_files", "files", "archives", "jars",
-    "driver_class_path", "driver_memory", "executor_memory", "executor_cores", "num_executors",
-    "total_executor_cores", "env_vars", "spark_binary", "deploy_mode", "properties_file", "yarn_queue",
-    "keytab", "principal", "proxy_user", "verbose", "status_poll_interval",
-})
+SPARK_SUBMIT_KEYS = frozenset(
+    {
+        "conf",
+        "packages",
+        "exclude_packages",
+        "repositories",
+        "py_files",
+        "files",
+        "archives",
+        "jars",
+        "driver_class_path",
+        "driver_memory",
+        "executor_memory",
+        "executor_cores",
+        "num_executors",
+        "total_executor_cores",
+        "env_vars",
+        "spark_binary",
+        "deploy_mode",
+        "properties_file",
+        "yarn_queue",
+        "keytab",
+        "principal",
+        "proxy_user",
+        "verbose",
+        "status_poll_interval",
+    }
+)
 _MERGED_DICTS = ("conf", "env_vars")  # a step's entries are added to the common ones
 
 # Delta Lake jars for spark-submit: the coordinate of setup.cfg's delta-spark pin
@@ -271,19 +345,24 @@ def load_settings(raw: Optional[Mapping[str, Any]], repo: str) -> Settings:
             raise SettingsError(f"{SETTINGS_VARIABLE}.overrides: a list of 'key.path=value' strings, got {overrides!r}")
         values["overrides"] = tuple(overrides)
     if "spark_submit" in raw:  # over the defaults: "packages": null drops the Delta package
-        values["spark_submit"] = {"packages": DELTA_PACKAGE,
-                                  **_spark_submit(raw["spark_submit"], f"{SETTINGS_VARIABLE}.spark_submit")}
+        values["spark_submit"] = {
+            "packages": DELTA_PACKAGE,
+            **_spark_submit(raw["spark_submit"], f"{SETTINGS_VARIABLE}.spark_submit"),
+        }
     if "steps" in raw:
         per_step = _typed(raw, "steps", dict)
         _known(per_step, BY_NAME, f"{SETTINGS_VARIABLE}.steps")
-        values["steps"] = {name: _step_settings(entry, f"{SETTINGS_VARIABLE}.steps.{name}")
-                           for name, entry in per_step.items()}
+        values["steps"] = {
+            name: _step_settings(entry, f"{SETTINGS_VARIABLE}.steps.{name}") for name, entry in per_step.items()
+        }
     if values.get("train_mode", DEFAULT_TRAIN_MODE) not in TRAIN_MODES:
         raise SettingsError(f"{SETTINGS_VARIABLE}.train_mode: one of {TRAIN_MODES}, got {values['train_mode']!r}")
     try:
         dt.date.fromisoformat(values.get("start_date", "2024-01-01"))
     except ValueError:
-        raise SettingsError(f"{SETTINGS_VARIABLE}.start_date: a date YYYY-MM-DD, got {values['start_date']!r}") from None
+        raise SettingsError(
+            f"{SETTINGS_VARIABLE}.start_date: a date YYYY-MM-DD, got {values['start_date']!r}"
+        ) from None
     return Settings(**values)
 
 

@@ -95,7 +95,7 @@ def _guess(user_vecs: Tensor, item_vecs: Tensor, m: int, sample_size: int, tile:
     k = min(sample.shape[0], math.ceil(lam + GUESS_MARGIN * math.sqrt(lam) + 1))
     floor = np.empty(users, dtype=np.float32)
     for lo, scores in _tiles(user_vecs, sample, tile):
-        floor[lo:lo + scores.shape[0]] = topm_kernel.kth_best(scores, k)
+        floor[lo : lo + scores.shape[0]] = topm_kernel.kth_best(scores, k)
     return floor
 
 
@@ -111,8 +111,10 @@ def _scan(
     kept_items = np.zeros((users, capacity), dtype=np.int64)
     kept = np.zeros(users, dtype=np.int64)
     for start in range(0, n_items, block_size):
-        for lo, scores in _tiles(user_vecs, item_vecs[start:start + block_size], tile):
+        for lo, scores in _tiles(user_vecs, item_vecs[start : start + block_size], tile):
             hi = lo + scores.shape[0]
-            topm_kernel.collect_hits(scores, start, threshold[lo:hi], kept_scores[lo:hi], kept_items[lo:hi], kept[lo:hi], m)
+            topm_kernel.collect_hits(
+                scores, start, threshold[lo:hi], kept_scores[lo:hi], kept_items[lo:hi], kept[lo:hi], m
+            )
     topm_kernel.finish(kept_scores, kept_items, kept, m)
     return kept_scores[:, :m].copy(), kept_items[:, :m].copy()

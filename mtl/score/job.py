@@ -27,7 +27,6 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 from pyspark import Accumulator, Broadcast
@@ -36,17 +35,17 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mtl import delta_io, registry
-from mtl.cli import job_parser, run_job
 from mtl.config import Config
-from mtl.data.loader import MODEL_FIELDS
+from mtl.data.batch import MODEL_FIELDS
 from mtl.errors import InputError
 from mtl.features.assemble import model_inputs, user_inputs
-from mtl.features.schema import REPURCHASE_HORIZONS_DAYS
+from mtl.models.artifacts import load_model
 from mtl.registry import Artifact
-from mtl.runs import RunRecorder
+from mtl.run_record import RunRecorder
+from mtl.schema import REPURCHASE_HORIZONS_DAYS
 from mtl.score import rank
 from mtl.score.candidates import retrieval_flops
-from mtl.score.checks import CheckResult, check_recommendations, check_repurchase, raise_on_violations
+from mtl.score.output_checks import CheckResult, check_recommendations, check_repurchase, raise_on_violations
 from mtl.score.pseudonym import pseudonym_key, pseudonymised
 from mtl.score.workers import (
     CANDIDATES_SCHEMA,
@@ -68,7 +67,6 @@ from mtl.tables import (
     TableSpec,
     warehouse_root,
 )
-from mtl.train.artifacts import load_model
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +125,20 @@ def read_features(spark: SparkSession, cfg: Config, ds: dt.date) -> FeatureInput
             raise InputError(f"no {spec.name} table at {path}: run build_features --ds {ds} first")
         versions[spec.name] = version
         frames[spec.name] = (
-            spark.read.format("delta").option("versionAsOf", version).load(path)
-            .where(F.col("ds") == F.lit(ds)).drop("ds")
+            spark.read.format("delta")
+            .option("versionAsOf", version)
+            .load(path)
+            .where(F.col("ds") == F.lit(ds))
+            .drop("ds")
         )
     if frames[ITEM_FEATURES.name].limit(1).count() == 0:
         raise InputError(f"item_features has no rows for ds {ds}: run build_features --ds {ds} first")
     return FeatureInputs(
-        frames[USER_FEATURES.name], frames[ITEM_FEATURES.name], frames[USER_CATEGORY_FEATURES.name],
-        frames[USER_ITEM_FEATURES.name], versions,
+        frames[USER_FEATURES.name],
+        frames[ITEM_FEATURES.name],
+        frames[USER_CATEGORY_FEATURES.name],
+        frames[USER_ITEM_FEATURES.name],
+        versions,
     )
 
 
@@ -168,11 +172,14 @@ def embed_catalogue(ctx: ScoringContext) -> Catalogue:
     f = ctx.features
     items = rank.catalogue(ctx.spark, f.items, ctx.cfg.scoring.items, ctx.ds)
     rows = items.select(
-        F.lit(None).cast("string").alias("user_id"), "item_id",
-        F.col("category_id").alias("day_category_id"), F.lit("exposure").alias("row_kind"),
+        F.lit(None).cast("string").alias("user_id"),
+        "item_id",
+        F.col("category_id").alias("day_category_id"),
+        F.lit("exposure").alias("row_kind"),
     )
-    inputs = model_inputs(rows, f.users.limit(0), f.items, *f.no_pairs, ctx.defaults,
-                          passthrough=("item_category_id", "day_category_id"))
+    inputs = model_inputs(
+        rows, f.users.limit(0), f.items, *f.no_pairs, ctx.defaults, passthrough=("item_category_id", "day_category_id")
+    )
     # What ranking needs back besides the item id: it joins item_features again and falls back to
     # the candidate's day_category_id only where they have no category (new items).
     fallback = F.when(F.col("item_category_id").isNull(), F.col("day_category_id"))
@@ -215,14 +222,22 @@ def candidates(ctx: ScoringContext, catalogue: Broadcast, users: DataFrame, scan
 def recommendations(ctx: ScoringContext, cands: DataFrame) -> DataFrame:
     """The top K per user: candidates ranked by the multi-task heads, after the filters."""
     f, sc = ctx.features, ctx.cfg.scoring
-    inputs = model_inputs(cands.withColumn("row_kind", F.lit("exposure")), f.users, f.items, f.user_cats, f.user_items,
-                          ctx.defaults)
+    inputs = model_inputs(
+        cands.withColumn("row_kind", F.lit("exposure")), f.users, f.items, f.user_cats, f.user_items, ctx.defaults
+    )
     repurchasable = rank.repurchasable_categories(ctx.spark, f.user_cats, sc.filters)
     inputs = rank.drop_recent_purchases(inputs, repurchasable, sc.filters.recent_purchase_days)
     scored = _predict(ctx, inputs, ("user_id", "item_id", "category_id", "i_price"), RECOMMENDATION_TASKS)
     top = rank.top_k(scored.withColumn("score", rank.score_column(sc)), sc.k, sc.filters.max_per_category)
     return top.select(
-        F.lit(ctx.ds).alias("ds"), "user_id", "rank", "item_id", "category_id", "score", "p_click", "p_purchase",
+        F.lit(ctx.ds).alias("ds"),
+        "user_id",
+        "rank",
+        "item_id",
+        "category_id",
+        "score",
+        "p_click",
+        "p_purchase",
         F.lit(ctx.model_version).alias("model_version"),
     )
 
@@ -235,12 +250,17 @@ def repurchase_predictions(ctx: ScoringContext) -> DataFrame:
     item_rows = f.user_items.where(
         (F.col("ui_purchase_days") > 0) & (F.col("ui_days_since_last_purchase") <= lookback)
     ).select(
-        "user_id", "item_id", F.col("category_id").alias("day_category_id"), F.lit("repurchase_item").alias("row_kind"),
+        "user_id",
+        "item_id",
+        F.col("category_id").alias("day_category_id"),
+        F.lit("repurchase_item").alias("row_kind"),
     )
     category_rows = f.user_cats.where(
         (F.col("uc_purchase_days") > 0) & (F.col("uc_days_since_last_purchase") <= lookback)
     ).select(
-        "user_id", F.lit(None).cast("string").alias("item_id"), F.col("category_id").alias("day_category_id"),
+        "user_id",
+        F.lit(None).cast("string").alias("item_id"),
+        F.col("category_id").alias("day_category_id"),
         F.lit("repurchase_category").alias("row_kind"),
     )
     rows = item_rows.unionByName(category_rows)
@@ -253,7 +273,10 @@ def repurchase_predictions(ctx: ScoringContext) -> DataFrame:
     predicted = _predict(ctx, inputs, ("user_id", "item_id", "category_id", "days_since_last_purchase"), outputs)
     absent = [F.lit(None).cast("double").alias(c) for t, c in REPURCHASE_TASKS.items() if t not in outputs]
     return predicted.select(
-        F.lit(ctx.ds).alias("ds"), "*", *absent, F.lit(ctx.model_version).alias("model_version"),
+        F.lit(ctx.ds).alias("ds"),
+        "*",
+        *absent,
+        F.lit(ctx.model_version).alias("model_version"),
     )
 
 
@@ -285,16 +308,22 @@ def run_score(spark: SparkSession, cfg: Config, ds: dt.date) -> ScoreResult:
             n_users, n_items, dim = users.count(), *catalogue.vectors.shape
             result = ScoreResult(ds, ctx.model_version, n_users, n_items, retrieval_flops(n_users, n_items, dim))
             result.seconds["prepare_and_embed_catalogue"] = time.perf_counter() - started
-            log.info("ds %s: scoring %d active users over %d items with model version %s",
-                     ds, result.active_users, result.catalogue_items, ctx.model_version)
+            log.info(
+                "ds %s: scoring %d active users over %d items with model version %s",
+                ds,
+                result.active_users,
+                result.catalogue_items,
+                ctx.model_version,
+            )
             scan_seconds = spark.sparkContext.accumulator(0.0)
             outputs = {
                 DAILY_RECOMMENDATIONS: recommendations(ctx, candidates(ctx, catalogue_bc, users, scan_seconds)),
                 REPURCHASE_PREDICTIONS: repurchase_predictions(ctx),
             }
             if key is not None:
-                outputs = {spec: df.withColumn("user_id", pseudonymised(F.col("user_id"), key))
-                           for spec, df in outputs.items()}
+                outputs = {
+                    spec: df.withColumn("user_id", pseudonymised(F.col("user_id"), key)) for spec, df in outputs.items()
+                }
             required = [c for t, c in REPURCHASE_TASKS.items() if t in ctx.tasks]
             _stage_check_publish(spark, cfg, ds, run.run_id, outputs, required, result)
             result.seconds["retrieval_scan_task_seconds"] = scan_seconds.value
@@ -357,33 +386,7 @@ def _delete(spark: SparkSession, path: str) -> None:
 
 def summarize(r: ScoreResult) -> str:
     rows = ", ".join(f"{name} {n:,} rows ({r.users[name]:,} users)" for name, n in r.rows.items())
-    return (f"ds {r.ds}: model version {r.model_version}, {r.active_users:,} active users, "
-            f"{r.catalogue_items:,} catalogue items; {rows}")
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = job_parser(
-        "score",
-        "Score ds with the published model: daily_recommendations (top-K items per active user) and "
-        "repurchase_predictions, each ds partition replaced in one transaction after the output checks.",
-        ds_required=True,
+    return (
+        f"ds {r.ds}: model version {r.model_version}, {r.active_users:,} active users, "
+        f"{r.catalogue_items:,} catalogue items; {rows}"
     )
-    parser.add_argument(
-        "--keep-scored-model", action="store_true",
-        help="if --ds was scored before, score it again with the same model version (the last successful score "
-             "run's, from pipeline_runs), so a rerun changes nothing; else the champion as usual. The daily DAG "
-             "and mtl-pipeline pass it",
-    )
-    args = parser.parse_args(argv)
-
-    def body(cfg: Config) -> str:
-        from mtl.spark import build_spark
-
-        spark = build_spark(cfg.spark)
-        if args.keep_scored_model:
-            from mtl.pipeline.policy import keep_scored_model
-
-            cfg = keep_scored_model(spark, cfg, args.ds)
-        return summarize(run_score(spark, cfg, args.ds))
-
-    return run_job(args, body)

@@ -54,8 +54,10 @@ def repurchasable_categories(spark: SparkSession, user_cats: DataFrame, cfg: Sco
         user_cats.where(F.col("uc_purchase_days") >= 1)
         .groupBy("category_id")
         .agg(F.count(F.lit(1)).alias("buyers"), F.sum((F.col("uc_purchase_days") >= 2).cast("long")).alias("repeat"))
-        .where((F.col("buyers") >= cfg.repurchasable_min_buyers)
-               & (F.col("repeat") >= F.lit(cfg.repurchasable_min_rate) * F.col("buyers")))
+        .where(
+            (F.col("buyers") >= cfg.repurchasable_min_buyers)
+            & (F.col("repeat") >= F.lit(cfg.repurchasable_min_rate) * F.col("buyers"))
+        )
         .select("category_id")
     )
     return listed.unionByName(measured).distinct()

@@ -22,34 +22,40 @@ from pyspark import Accumulator, Broadcast, TaskContext
 from pyspark.sql import types as T
 
 from mtl.data.arrow_columns import numpy_columns
-from mtl.data.loader import MODEL_FIELDS, input_columns, to_arrays
+from mtl.data.batch import MODEL_FIELDS, input_columns, to_arrays
 from mtl.errors import JobError
-from mtl.models.features import DENSE_KEY
+from mtl.models.artifacts import load_model
 from mtl.models.model import MultiTaskRecModel
 from mtl.registry import Artifact
+from mtl.schema import DENSE_KEY
 from mtl.score.candidates import blocked_top_m
-from mtl.train.artifacts import load_model
 
 PandasStage = Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]
 ArrowStage = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 
-CANDIDATES_SCHEMA = T.StructType([
-    T.StructField("user_id", T.StringType(), False),
-    T.StructField("item_id", T.StringType(), False),
-    T.StructField("day_category_id", T.StringType(), True),
-    T.StructField("retrieval_score", T.FloatType(), False),
-])
-CANDIDATES_ARROW_SCHEMA = pa.schema([
-    pa.field("user_id", pa.string(), False),
-    pa.field("item_id", pa.string(), False),
-    pa.field("day_category_id", pa.string(), True),
-    pa.field("retrieval_score", pa.float32(), False),
-])
-ITEM_VECTORS_SCHEMA = T.StructType([
-    T.StructField("item_id", T.StringType(), False),
-    T.StructField("fallback_category_id", T.StringType(), True),
-    T.StructField("vector", T.ArrayType(T.FloatType(), False), False),
-])
+CANDIDATES_SCHEMA = T.StructType(
+    [
+        T.StructField("user_id", T.StringType(), False),
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("day_category_id", T.StringType(), True),
+        T.StructField("retrieval_score", T.FloatType(), False),
+    ]
+)
+CANDIDATES_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), False),
+        pa.field("item_id", pa.string(), False),
+        pa.field("day_category_id", pa.string(), True),
+        pa.field("retrieval_score", pa.float32(), False),
+    ]
+)
+ITEM_VECTORS_SCHEMA = T.StructType(
+    [
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("fallback_category_id", T.StringType(), True),
+        T.StructField("vector", T.ArrayType(T.FloatType(), False), False),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -140,10 +146,13 @@ def item_vectors_stage(shipment: Broadcast) -> PandasStage:
         for frame in frames:
             with torch.inference_mode():
                 vectors = _finite(model.item_vectors(model_batch(frame)), "item").numpy()
-            yield pd.DataFrame({
-                "item_id": frame["item_id"], "fallback_category_id": frame["fallback_category_id"],
-                "vector": list(vectors),
-            })
+            yield pd.DataFrame(
+                {
+                    "item_id": frame["item_id"],
+                    "fallback_category_id": frame["fallback_category_id"],
+                    "vector": list(vectors),
+                }
+            )
 
     return run
 
@@ -175,7 +184,12 @@ def retrieval_stage(
                 rows = pa.array(rows.numpy().ravel())
                 owner = pa.array(np.repeat(np.arange(start, start + part.num_rows), scores.shape[1]))
                 yield pa.RecordBatch.from_arrays(
-                    [user_ids.take(owner), item_ids.take(rows), category_ids.take(rows), pa.array(scores.numpy().ravel())],
+                    [
+                        user_ids.take(owner),
+                        item_ids.take(rows),
+                        category_ids.take(rows),
+                        pa.array(scores.numpy().ravel()),
+                    ],
                     schema=CANDIDATES_ARROW_SCHEMA,
                 )
 

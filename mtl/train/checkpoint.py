@@ -1,4 +1,4 @@
-"""Checkpoint files and random-number-generator state.
+"""Checkpoint files and random-number-generator state (the seeds themselves: mtl.seeds).
 
 Checkpoints are loaded with ``torch.load(weights_only=True)``, which only unpickles tensors and
 plain containers, so a checkpoint from an untrusted place cannot run code. RNG states are
@@ -16,26 +16,18 @@ import numpy as np
 import torch
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (model initialisation, dropout, data shuffling)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed seed for one epoch: the data order of epoch e depends on (seed, e) only, which
-    is what lets a resumed run replay the batches it had already consumed."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] % 2**63)
-
-
 def rng_state() -> dict[str, Any]:
     version, mt_state, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": {"version": version, "state": list(mt_state), "gauss": gauss},
     }
 
@@ -43,8 +35,15 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
     py_state = state["python"]
     random.setstate((py_state["version"], tuple(py_state["state"]), py_state["gauss"]))
 

@@ -60,7 +60,9 @@ def init_world() -> World:
     return World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
 
 
-def distribute(model: MultiTaskRecModel, loss_fn: MultiTaskLoss, optimizers: Optimizers, sparse_as_dense: bool) -> Optimizers:
+def distribute(
+    model: MultiTaskRecModel, loss_fn: MultiTaskLoss, optimizers: Optimizers, sparse_as_dense: bool
+) -> Optimizers:
     """Broadcast rank 0's parameters and wrap both optimisers in Horovod's DistributedOptimizer."""
     import horovod.torch as hvd
 

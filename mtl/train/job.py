@@ -25,25 +25,25 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 
 from mtl import registry
-from mtl.cli import job_parser, run_job
 from mtl.config import Config, parse_typed
 from mtl.data.loader import ExampleBatches
 from mtl.data.snapshot import Snapshot, snapshot_files
 from mtl.errors import InputError, JobError
-from mtl.features.schema import model_fields, unobserved_labels
-from mtl.models.config import ModelConfig, load_model_config
+from mtl.models.artifacts import read_feature_stats, save_model
 from mtl.models.losses import MultiTaskLoss
 from mtl.models.model import build_model
+from mtl.models.model_config import ModelConfig, load_model_config
+from mtl.schema import model_fields, unobserved_labels
+from mtl.seeds import seed_everything
 from mtl.tables import TRAINING_EXAMPLES, warehouse_root
-from mtl.train.artifacts import read_feature_stats, save_model
-from mtl.train.checkpoint import seed_everything
 from mtl.train.distributed import HOROVOD_ENV, allgather_object, broadcast_object, distribute, init_world
 from mtl.train.trainer import CHECKPOINT_NAME, Trainer, build_optimizers
 
@@ -81,10 +81,11 @@ class TrainPlan:
 
 def unknown_labels(ds: dt.date, *snapshots: Optional[Snapshot]) -> dict[str, list[str]]:
     """The labels a model trained for ``ds`` must not learn, per file of the snapshots read: the
-    repurchase outcomes whose windows reach ds (mtl.features.schema.unobserved_labels)."""
+    repurchase outcomes whose windows reach ds (mtl.schema.unobserved_labels)."""
     return {
         f: list(labels)
-        for snapshot in snapshots if snapshot is not None
+        for snapshot in snapshots
+        if snapshot is not None
         for f, day in snapshot.file_days.items()
         if (labels := unobserved_labels(day, ds))
     }
@@ -158,15 +159,22 @@ def plan_training(spark, cfg: Config, ds: dt.date, mode: str) -> TrainPlan:
     hidden = unknown_labels(ds, train, val)
     for task in model_cfg.tasks:
         if task.weight > 0 and all(task.label in hidden.get(f, ()) for f in train.files):
-            log.warning("%s: no day of %s..%s has its outcome observed as of %s, so the task learns nothing "
-                        "this run (a longer training.window_days reaches days whose windows have closed)",
-                        task.label, first, last, ds)
+            log.warning(
+                "%s: no day of %s..%s has its outcome observed as of %s, so the task learns nothing "
+                "this run (a longer training.window_days reaches days whose windows have closed)",
+                task.label,
+                first,
+                last,
+                ds,
+            )
     model_dict = dataclasses.asdict(model_cfg)
     # A checkpoint is reused by any run with the same inputs (resume); anything that changes what
     # is learned, such as the labels read as unknown, must change the key.
-    key = hashlib.sha256(json.dumps(
-        [ds.isoformat(), mode, train.version, model_dict, warm_version, hidden], sort_keys=True, default=str
-    ).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            [ds.isoformat(), mode, train.version, model_dict, warm_version, hidden], sort_keys=True, default=str
+        ).encode()
+    ).hexdigest()[:16]
     checkpoint_dir = f"{warehouse_root(cfg.storage)}/{cfg.training.checkpoint_dir}/train-{ds}-{mode}-{key}"
     return TrainPlan(
         ds=ds.isoformat(),
@@ -253,33 +261,54 @@ def train_worker(plan: TrainPlan) -> WorkerResult:
     batch_size = model_cfg.trainer.batch_size
     steps = max(1, math.ceil(plan.train_rows / (world.size * batch_size)))
     shard = dict(shard=world.rank, num_shards=world.size) if world.distributed else {}
-    train = ExampleBatches(plan.train_files, batch_size, seed=model_cfg.trainer.seed,
-                           workers_count=plan.reader_workers, unknown_labels=plan.unknown_labels, **shard)
+    train = ExampleBatches(
+        plan.train_files,
+        batch_size,
+        seed=model_cfg.trainer.seed,
+        workers_count=plan.reader_workers,
+        unknown_labels=plan.unknown_labels,
+        **shard,
+    )
     # Every rank validates on the whole validation day, so early-stopping decisions agree.
-    val = (ExampleBatches(plan.val_files, batch_size, shuffle=False, unknown_labels=plan.unknown_labels)
-           if plan.val_files else None)
+    val = (
+        ExampleBatches(plan.val_files, batch_size, shuffle=False, unknown_labels=plan.unknown_labels)
+        if plan.val_files
+        else None
+    )
     recorder = _Recorder()
     Path(plan.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     checkpoint = Path(plan.checkpoint_dir) / CHECKPOINT_NAME
     trainer = Trainer(
-        model, loss_fn, model_cfg, metrics_logger=recorder if world.is_chief else None,
-        checkpoint_dir=plan.checkpoint_dir, optimizers=optimizers, is_chief=world.is_chief, progress=False,
+        model,
+        loss_fn,
+        model_cfg,
+        metrics_logger=recorder if world.is_chief else None,
+        checkpoint_dir=plan.checkpoint_dir,
+        optimizers=optimizers,
+        is_chief=world.is_chief,
+        progress=False,
     )
     resume = checkpoint if checkpoint.exists() else None
     if resume and world.is_chief:
         log.info("resuming from checkpoint %s", resume)
     log.info("rank %d/%d: %d steps per epoch of %d rows", world.rank, world.size, steps, batch_size)
     try:
-        fit = trainer.fit(lambda e: _shard_epoch(train, e, steps), (lambda e: val.epoch(0)) if val else None,
-                          resume_from=resume)
+        fit = trainer.fit(
+            lambda e: _shard_epoch(train, e, steps), (lambda e: val.epoch(0)) if val else None, resume_from=resume
+        )
         final = trainer.validate(lambda e: val.epoch(0)) if val else {}
     finally:
         train.close()
         if val:
             val.close()
     result = WorkerResult(
-        rank=world.rank, size=world.size, parameter_digest=parameter_digest(model), steps_per_epoch=steps,
-        fit=dataclasses.asdict(fit) | {"resumed": resume is not None}, final_metrics=final, train_log=recorder.rows,
+        rank=world.rank,
+        size=world.size,
+        parameter_digest=parameter_digest(model),
+        steps_per_epoch=steps,
+        fit=dataclasses.asdict(fit) | {"resumed": resume is not None},
+        final_metrics=final,
+        train_log=recorder.rows,
     )
     if world.is_chief:
         buffer = io.BytesIO()
@@ -295,12 +324,20 @@ def train_worker(plan: TrainPlan) -> WorkerResult:
 def run_on_spark(spark, plan: TrainPlan, cfg: Config) -> list[WorkerResult]:
     import horovod.spark
 
-    env = {"HOROVOD_GLOO_TIMEOUT_SECONDS": str(cfg.training.collective_timeout_s),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))}
+    env = {
+        "HOROVOD_GLOO_TIMEOUT_SECONDS": str(cfg.training.collective_timeout_s),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")])
+        ),
+    }
     log.info("horovod.spark.run: %d workers on this job's executors", cfg.training.num_proc)
     return horovod.spark.run(
-        train_worker, args=(plan,), num_proc=cfg.training.num_proc, start_timeout=cfg.training.start_timeout_s,
-        env={**os.environ, **env}, verbose=0,
+        train_worker,
+        args=(plan,),
+        num_proc=cfg.training.num_proc,
+        start_timeout=cfg.training.start_timeout_s,
+        env={**os.environ, **env},
+        verbose=0,
     )
 
 
@@ -316,8 +353,9 @@ def check_workers(results: list[WorkerResult]) -> WorkerResult:
 def git_commit() -> Optional[str]:
     try:
         root = Path(__file__).resolve().parents[2]
-        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -328,18 +366,36 @@ def register(cfg: Config, plan: TrainPlan, chief: WorkerResult) -> tuple[str, st
     model = build_model(model_cfg, model_fields(), plan.feature_stats)
     model.load_state_dict(torch.load(io.BytesIO(chief.state), weights_only=True), strict=True)
     metadata = {
-        "ds": plan.ds, "mode": plan.mode, "train_ds_from": plan.train_days[0], "train_ds_to": plan.train_days[1],
-        "val_ds": plan.val_day, "tables_read": {TRAINING_EXAMPLES.name: plan.table_version},
-        "train_rows": plan.train_rows, "workers": chief.size, "warm_start_version": plan.warm_start_version,
-        "git_commit": git_commit(), "metrics": chief.final_metrics, "fit": chief.fit,
+        "ds": plan.ds,
+        "mode": plan.mode,
+        "train_ds_from": plan.train_days[0],
+        "train_ds_to": plan.train_days[1],
+        "val_ds": plan.val_day,
+        "tables_read": {TRAINING_EXAMPLES.name: plan.table_version},
+        "train_rows": plan.train_rows,
+        "workers": chief.size,
+        "warm_start_version": plan.warm_start_version,
+        "git_commit": git_commit(),
+        "metrics": chief.final_metrics,
+        "fit": chief.fit,
         # Labels whose outcome windows reach ds were read as unknown (evaluation relies on it).
         "unobserved_labels_masked": True,
     }
     folder = Path(tempfile.mkdtemp(prefix="mtl-artifact-"))
     save_model(folder, model, model_cfg, plan.feature_stats, metadata)
-    with registry.MlflowRun(cfg, run_name=f"train {plan.ds} {plan.mode}", tags={"ds": plan.ds, "mode": plan.mode}) as run:
-        run.log_params({"mode": plan.mode, "ds": plan.ds, "workers": chief.size, "train_rows": plan.train_rows,
-                        "training_examples_version": plan.table_version, "model": plan.model_config})
+    with registry.MlflowRun(
+        cfg, run_name=f"train {plan.ds} {plan.mode}", tags={"ds": plan.ds, "mode": plan.mode}
+    ) as run:
+        run.log_params(
+            {
+                "mode": plan.mode,
+                "ds": plan.ds,
+                "workers": chief.size,
+                "train_rows": plan.train_rows,
+                "training_examples_version": plan.table_version,
+                "model": plan.model_config,
+            }
+        )
         for step, metrics in chief.train_log:
             run.log_metrics({k.replace("/", "_"): v for k, v in metrics.items()}, step)
         finite = {f"final_{k}": v for k, v in chief.final_metrics.items() if isinstance(v, float) and math.isfinite(v)}
@@ -351,20 +407,28 @@ def register(cfg: Config, plan: TrainPlan, chief: WorkerResult) -> tuple[str, st
 
 def run_train(spark, cfg: Config, ds: dt.date, mode: str = "full") -> TrainResult:
     """Plan with Spark, train with the configured launcher, register the new version."""
-    from mtl.runs import RunRecorder
+    from mtl.run_record import RunRecorder
 
     with RunRecorder(spark, cfg, "train", ds) as run:
         plan = plan_training(spark, cfg, ds, mode)
         run.tables_read = {TRAINING_EXAMPLES.name: plan.table_version}
         run.input_rows = plan.train_rows
-        log.info("training %s on ds %s..%s (%d rows, table version %d), validating on %s",
-                 mode, *plan.train_days, plan.train_rows, plan.table_version, plan.val_day)
+        log.info(
+            "training %s on ds %s..%s (%d rows, table version %d), validating on %s",
+            mode,
+            *plan.train_days,
+            plan.train_rows,
+            plan.table_version,
+            plan.val_day,
+        )
         if cfg.training.launcher == "spark":
             results = run_on_spark(spark, plan, cfg)
         elif cfg.training.launcher == "local":
             results = [train_worker(plan)]
         else:
-            raise InputError("training.launcher=horovodrun: start this job with `horovodrun -np N python jobs/train.py`")
+            raise InputError(
+                "training.launcher=horovodrun: start this job with `horovodrun -np N python jobs/train.py`"
+            )
         return _finish(cfg, plan, results, run)
 
 
@@ -375,12 +439,27 @@ def _finish(cfg: Config, plan: TrainPlan, results: list[WorkerResult], run) -> T
     # only disk (and a --retrain of the same inputs must train, not replay the finished run).
     shutil.rmtree(plan.checkpoint_dir, ignore_errors=True)
     run.model_version = version
-    run.details.update(mode=plan.mode, train_days=plan.train_days, val_day=plan.val_day, workers=chief.size,
-                       mlflow_run_id=run_id, metrics=chief.final_metrics, resumed=chief.fit["resumed"])
+    run.details.update(
+        mode=plan.mode,
+        train_days=plan.train_days,
+        val_day=plan.val_day,
+        workers=chief.size,
+        mlflow_run_id=run_id,
+        metrics=chief.final_metrics,
+        resumed=chief.fit["resumed"],
+    )
     return TrainResult(
-        ds=dt.date.fromisoformat(plan.ds), mode=plan.mode, model_version=version, run_id=run_id, workers=chief.size,
-        table_version=plan.table_version, train_days=plan.train_days, val_day=plan.val_day,
-        train_rows=plan.train_rows, final_metrics=chief.final_metrics, resumed=chief.fit["resumed"],
+        ds=dt.date.fromisoformat(plan.ds),
+        mode=plan.mode,
+        model_version=version,
+        run_id=run_id,
+        workers=chief.size,
+        table_version=plan.table_version,
+        train_days=plan.train_days,
+        val_day=plan.val_day,
+        train_rows=plan.train_rows,
+        final_metrics=chief.final_metrics,
+        resumed=chief.fit["resumed"],
         artifact_dir=folder,
     )
 
@@ -391,7 +470,7 @@ def run_train_horovodrun(cfg: Config, ds: dt.date, mode: str) -> Optional[TrainR
     Rank 0 plans before joining Horovod: the other ranks wait in Horovod's rendezvous (up to
     HOROVOD_GLOO_TIMEOUT_SECONDS) instead of in a collective whose background thread would
     compete with Spark for the cores."""
-    from mtl.runs import RunRecorder
+    from mtl.run_record import RunRecorder
     from mtl.spark import build_spark
 
     if os.environ.get(HOROVOD_ENV) != "0":
@@ -406,7 +485,9 @@ def run_train_horovodrun(cfg: Config, ds: dt.date, mode: str) -> Optional[TrainR
         try:
             plan = plan_training(spark, cfg, ds, mode)
         except Exception as exc:
-            broadcast_object(f"{type(exc).__name__}: {exc}", init_world(), "mtl.train.plan")  # release the waiting ranks
+            broadcast_object(
+                f"{type(exc).__name__}: {exc}", init_world(), "mtl.train.plan"
+            )  # release the waiting ranks
             raise
         world = init_world()
         broadcast_object(plan, world, "mtl.train.plan")
@@ -425,48 +506,3 @@ def summarize(r: TrainResult) -> str:
         f"registered version {r.model_version} (MLflow run {r.run_id}); not published: the quality gate decides\n"
         f"validation on {r.val_day or '-'}: {metrics or 'none'}"
     )
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    from mtl.pipeline.policy import AUTO, choose_training, record_reuse
-    from mtl.pipeline.steps import TRAIN_MODES
-
-    parser = job_parser(
-        "train",
-        "Train the multi-task model on training_examples before --ds and register a new model version "
-        "(never published here). Run under `horovodrun -np N` for N workers, or set "
-        "training.launcher=spark to run on this job's Spark executors.",
-        ds_required=True,
-    )
-    parser.add_argument("--mode", choices=TRAIN_MODES, default="full",
-                        help="full: retrain on the window; incremental: warm-start from the published model on D-1; "
-                             f"{AUTO}: what the daily chain does (mtl/pipeline/policy.py): full when nothing is "
-                             "published yet or on pipeline.full_retrain_weekday, else incremental, and a rerun of a "
-                             "ds that already has a trained version keeps it and trains nothing (default: full)")
-    parser.add_argument("--retrain", action="store_true",
-                        help=f"with --mode {AUTO}: train a new version even if --ds has one already")
-    args = parser.parse_args(argv)
-    if args.retrain and args.mode != AUTO:
-        parser.error(f"--retrain goes with --mode {AUTO} (--mode full or incremental always trains)")
-
-    def body(cfg: Config) -> Optional[str]:
-        os.environ.setdefault("HOROVOD_GLOO_TIMEOUT_SECONDS", str(cfg.training.collective_timeout_s))
-        horovod = cfg.training.launcher == "horovodrun" or HOROVOD_ENV in os.environ
-        if horovod and args.mode == AUTO:
-            # Every rank would have to reach the same decision before Horovod starts.
-            raise InputError(f"--mode {AUTO} is for the local and spark launchers: under horovodrun give "
-                             "--mode full or incremental")
-        if horovod:
-            result = run_train_horovodrun(cfg, args.ds, args.mode)
-            return summarize(result) if result else None
-        from mtl.spark import build_spark
-
-        choice = choose_training(cfg, args.ds, args.mode, args.retrain)
-        spark = build_spark(cfg.spark)
-        if choice.reuse:
-            record_reuse(spark, cfg, args.ds, choice)
-            return f"{choice.reason}; trained nothing (--retrain trains a new version)"
-        log.info("train: %s", choice.reason)
-        return summarize(run_train(spark, cfg, args.ds, choice.mode))
-
-    return run_job(args, body)

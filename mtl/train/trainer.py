@@ -24,13 +24,14 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from mtl import metrics as M
-from mtl.features.schema import MISSING_LABEL
-from mtl.models.config import ModelConfig, OptimizerConfig, metric_is_higher_better
-from mtl.models.features import Batch
+from mtl import metric_functions as M
+from mtl.models.embedding import Batch
 from mtl.models.losses import MultiTaskLoss
 from mtl.models.model import MultiTaskRecModel
-from mtl.train.checkpoint import epoch_seed, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from mtl.models.model_config import ModelConfig, OptimizerConfig, metric_is_higher_better
+from mtl.schema import MISSING_LABEL
+from mtl.seeds import epoch_seed, seed_everything
+from mtl.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,9 @@ class Optimizers:
 
 def build_optimizers(model: MultiTaskRecModel, loss_fn: nn.Module, cfg: OptimizerConfig) -> Optimizers:
     sparse_params = model.sparse_parameters()
-    dense = torch.optim.Adam(model.dense_parameters() + list(loss_fn.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    dense = torch.optim.Adam(
+        model.dense_parameters() + list(loss_fn.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     sparse = torch.optim.SparseAdam(sparse_params, lr=cfg.sparse_lr) if sparse_params else None
     return Optimizers(dense, sparse)
 
@@ -113,7 +116,9 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return {name: t.to(device, non_blocking=True) for name, t in batch.items()}
 
 
-def evaluate(model: MultiTaskRecModel, batches: Iterable[Batch], group_field: Optional[str] = None) -> dict[str, TaskPredictions]:
+def evaluate(
+    model: MultiTaskRecModel, batches: Iterable[Batch], group_field: Optional[str] = None
+) -> dict[str, TaskPredictions]:
     """Run the model over ``batches``; per task, the rows whose label is present.
 
     ``group_field`` (e.g. "user_hash") also returns each row's group, for GAUC.
@@ -211,7 +216,9 @@ class Trainer:
         self._best_state: Optional[dict[str, Tensor]] = None
         self._rng_at_checkpoint: Optional[dict[str, Any]] = None
 
-    def fit(self, train: BatchSource, val: Optional[BatchSource] = None, *, resume_from: Optional[str | Path] = None) -> FitResult:
+    def fit(
+        self, train: BatchSource, val: Optional[BatchSource] = None, *, resume_from: Optional[str | Path] = None
+    ) -> FitResult:
         """Train for ``trainer.epochs`` epochs (fewer if early stopping triggers), then leave the
         best weights by the validation metric in the model."""
         progress = self._restore(resume_from) if resume_from else _Progress()
@@ -227,7 +234,12 @@ class Trainer:
         if self._best_state is not None:
             self.model.load_state_dict(self._best_state)
         return FitResult(
-            progress.epoch, progress.global_step, progress.best_metric, progress.best_epoch, stopped_early, progress.history
+            progress.epoch,
+            progress.global_step,
+            progress.best_metric,
+            progress.best_epoch,
+            stopped_early,
+            progress.history,
         )
 
     def validate(self, val: BatchSource, epoch: int = 0) -> dict[str, float]:
@@ -243,7 +255,8 @@ class Trainer:
             consumed = sum(1 for _ in itertools.islice(batches, progress.step_in_epoch))
             if consumed < progress.step_in_epoch:
                 raise RuntimeError(
-                    f"resume: epoch {progress.epoch} has {consumed} batches, the checkpoint had consumed {progress.step_in_epoch}"
+                    f"resume: epoch {progress.epoch} has {consumed} batches, "
+                    f"the checkpoint had consumed {progress.step_in_epoch}"
                 )
             set_rng_state(self._rng_at_checkpoint)
         self.model.train()
@@ -251,8 +264,12 @@ class Trainer:
         window: dict[str, Tensor] = {}
         window_steps, window_rows, window_start = 0, 0, time.perf_counter()
         bar = tqdm(
-            batches, desc=f"epoch {progress.epoch + 1}/{self.cfg.epochs}", initial=progress.step_in_epoch,
-            total=len(source) if isinstance(source, Sized) else None, disable=not self.show_progress, leave=False,
+            batches,
+            desc=f"epoch {progress.epoch + 1}/{self.cfg.epochs}",
+            initial=progress.step_in_epoch,
+            total=len(source) if isinstance(source, Sized) else None,
+            disable=not self.show_progress,
+            leave=False,
         )
         for batch in bar:
             parts = self._step(batch)
@@ -325,14 +342,17 @@ class Trainer:
     def _save(self, progress: _Progress) -> None:
         if self.checkpoint_path is None or not self.is_chief:
             return
-        save_checkpoint(self.checkpoint_path, {
-            "model": self.model.state_dict(),
-            "loss": self.loss_fn.state_dict(),
-            "optimizers": self.optimizers.state_dict(),
-            "progress": vars(progress),
-            "best_model": self._best_state,
-            "rng": rng_state(),
-        })
+        save_checkpoint(
+            self.checkpoint_path,
+            {
+                "model": self.model.state_dict(),
+                "loss": self.loss_fn.state_dict(),
+                "optimizers": self.optimizers.state_dict(),
+                "progress": vars(progress),
+                "best_model": self._best_state,
+                "rng": rng_state(),
+            },
+        )
 
     def _restore(self, path: str | Path) -> _Progress:
         state = load_checkpoint(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mtl.models.config import ArchitectureConfig
+from mtl.models.model_config import ArchitectureConfig
 from mtl.models.multi_task.mmoe import MMoE
 from mtl.models.multi_task.ple import PLE
 from mtl.models.multi_task.shared_bottom import SharedBottom

@@ -11,7 +11,9 @@ from mtl.models.layers import ExpertMLPs, mix_experts
 
 
 class MMoE(nn.Module):
-    def __init__(self, in_dim: int, n_tasks: int, experts: int, expert_units: Sequence[int], dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_dim: int, n_tasks: int, experts: int, expert_units: Sequence[int], dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.experts = ExpertMLPs(experts, in_dim, expert_units, dropout)
         # All task gates in one Linear: [B, in] -> [B, tasks * experts].

@@ -65,7 +65,9 @@ class PLE(nn.Module):
         super().__init__()
         self.levels = nn.ModuleList()
         for i in range(levels):
-            level = CGCLevel(in_dim, n_tasks, shared_experts, specific_experts, expert_units, dropout, last=i == levels - 1)
+            level = CGCLevel(
+                in_dim, n_tasks, shared_experts, specific_experts, expert_units, dropout, last=i == levels - 1
+            )
             self.levels.append(level)
             in_dim = level.out_dim
         self.out_dim = in_dim

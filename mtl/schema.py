@@ -102,6 +102,7 @@ USER_ITEM_DENSE: tuple[str, ...] = (
 
 LABELS: tuple[str, ...] = ("click", "purchase") + tuple(f"repurchase_{n}d" for n in REPURCHASE_HORIZONS_DAYS)
 MISSING_LABEL = -1  # what the data loader turns a null label into; losses mask it out
+DENSE_KEY = "dense"  # the batch key of the dense fields, one float32 matrix in dense_columns() order
 
 
 def unobserved_labels(day: dt.date, as_of: dt.date) -> tuple[str, ...]:

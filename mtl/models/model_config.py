@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from mtl.config import ConfigError, load_typed
-from mtl.features.schema import LABELS
+from mtl.schema import LABELS
 
 Backbone = Literal["shared_bottom", "mmoe", "ple"]
 

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def _utcnow() -> dt.datetime:
     # Spark's session time zone is UTC, so naive UTC datetimes round-trip unchanged.
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 @dataclass

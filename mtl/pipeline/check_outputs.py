@@ -19,12 +19,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mtl import delta_io
-from mtl.cli import job_parser, run_job
 from mtl.config import Config
 from mtl.errors import JobError
 from mtl.pipeline.steps import QUALITY_CHECKS
-from mtl.runs import RunRecorder
-from mtl.score.checks import check_recommendations, check_repurchase
+from mtl.run_record import RunRecorder
+from mtl.score.output_checks import check_recommendations, check_repurchase
 from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS, TableSpec
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,9 @@ class OutputQualityError(JobError):
     """A published output table broke one of its guarantees for ds."""
 
 
-def _partition(spark: SparkSession, cfg: Config, spec: TableSpec, ds: dt.date) -> tuple[Optional[int], Optional[DataFrame]]:
+def _partition(
+    spark: SparkSession, cfg: Config, spec: TableSpec, ds: dt.date
+) -> tuple[Optional[int], Optional[DataFrame]]:
     """(table version, the ds partition at that version), or (None, None) without a table."""
     path = spec.path(cfg.storage)
     version = delta_io.table_version(spark, path)
@@ -75,8 +76,10 @@ def check_outputs(spark: SparkSession, cfg: Config, ds: dt.date) -> str:
     details: dict[str, dict] = {}
     versions: dict[str, list[str]] = {}
     with RunRecorder(spark, cfg, JOB, ds) as run:
-        for spec, checks in ((DAILY_RECOMMENDATIONS, lambda df: _recommendation_checks(df, cfg.scoring.k)),
-                             (REPURCHASE_PREDICTIONS, _repurchase_checks)):
+        for spec, checks in (
+            (DAILY_RECOMMENDATIONS, lambda df: _recommendation_checks(df, cfg.scoring.k)),
+            (REPURCHASE_PREDICTIONS, _repurchase_checks),
+        ):
             version, df = _partition(spark, cfg, spec, ds)
             if version is None:
                 failures.append(f"{spec.name}: no table at {spec.path(cfg.storage)}")
@@ -92,8 +95,10 @@ def check_outputs(spark: SparkSession, cfg: Config, ds: dt.date) -> str:
         if len(versions) == 2:
             found = set(versions[DAILY_RECOMMENDATIONS.name]) | set(versions[REPURCHASE_PREDICTIONS.name])
             if len(found) != 1:
-                failures.append("model_version: both tables should come from one model version, found "
-                                + "; ".join(f"{t}: {', '.join(v)}" for t, v in versions.items()))
+                failures.append(
+                    "model_version: both tables should come from one model version, found "
+                    + "; ".join(f"{t}: {', '.join(v)}" for t, v in versions.items())
+                )
         run.input_rows = sum(d["rows"] for d in details.values())
         run.model_version = next(iter(versions.get(DAILY_RECOMMENDATIONS.name, [])), None)
         run.details.update(tables=details, failures=failures, checks=[f"{c.table}.{c.name}" for c in QUALITY_CHECKS])
@@ -102,24 +107,8 @@ def check_outputs(spark: SparkSession, cfg: Config, ds: dt.date) -> str:
                 f"the outputs of ds {ds} fail {len(failures)} check(s):\n  " + "\n  ".join(failures)
             )
     rec, rep = details[DAILY_RECOMMENDATIONS.name], details[REPURCHASE_PREDICTIONS.name]
-    return (f"ds {ds}: {len(QUALITY_CHECKS)} checks passed; daily_recommendations {rec['rows']:,} rows for "
-            f"{rec['users']:,} users, repurchase_predictions {rep['rows']:,} rows for {rep['users']:,} users "
-            f"({', '.join(rep['probabilities'])}); model version {run.model_version}")
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = job_parser(
-        JOB,
-        "Data-quality checks of the published daily_recommendations and repurchase_predictions of --ds: "
-        "exits 1 with the failed checks if a partition is missing or empty, an id is null, a user's ranks "
-        "are not 1..n (n <= scoring.k), or a probability is outside [0, 1].",
-        ds_required=True,
+    return (
+        f"ds {ds}: {len(QUALITY_CHECKS)} checks passed; daily_recommendations {rec['rows']:,} rows for "
+        f"{rec['users']:,} users, repurchase_predictions {rep['rows']:,} rows for {rep['users']:,} users "
+        f"({', '.join(rep['probabilities'])}); model version {run.model_version}"
     )
-    args = parser.parse_args(argv)
-
-    def body(cfg: Config) -> str:
-        from mtl.spark import build_spark
-
-        return check_outputs(build_spark(cfg.spark), cfg, args.ds)
-
-    return run_job(args, body)

@@ -7,10 +7,13 @@ import datetime as dt
 import logging
 import os
 import sys
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 from mtl.config import Config, ConfigError, load_config
 from mtl.errors import JobError
+from mtl.evaluate.gate import check_evaluation_config
+from mtl.models.model_config import load_model_config
 
 DEFAULT_CONF = "conf/local.yaml"
 
@@ -54,12 +57,25 @@ def setup_logging() -> None:
     )
 
 
+def load_job_config(path: str, overrides: list[str]) -> Config:
+    """``load_config`` plus the checks the stages own (the model's YAML, evaluation and the gate):
+    every command loads its config here, so a bad key anywhere fails before the first step, with
+    the key's name (a ConfigError)."""
+    cfg = load_config(path, overrides)
+    try:
+        load_model_config(cfg.model_config)
+    except ConfigError as exc:
+        raise ConfigError(f"model_config ({cfg.model_config}): {exc}") from exc
+    check_evaluation_config(cfg)
+    return cfg
+
+
 def run_job(args: argparse.Namespace, body: Callable[[Config], Optional[str]]) -> int:
     """Load the config and run ``body``; print its summary. Exit code 0 on success, 2 for a
     config error, 1 for any other failure (with the reason on stderr)."""
     setup_logging()
     try:
-        cfg = load_config(args.conf, args.overrides)
+        cfg = load_job_config(args.conf, args.overrides)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ population of those rows and a label:
 - ``repurchase_<N>d``: repurchase_item and repurchase_category rows.
 
 Retrieval (next items over the whole catalogue) reads ranked lists. Metric values come from
-:mod:`mtl.metrics` only, for the model and every baseline alike.
+:mod:`mtl.metric_functions` only, for the model and every baseline alike.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from mtl import delta_io
-from mtl import metrics as M
+from mtl import metric_functions as M
 from mtl.config import Config
 from mtl.delta_io import Commit
-from mtl.features.schema import REPURCHASE_HORIZONS_DAYS
+from mtl.schema import REPURCHASE_HORIZONS_DAYS
 from mtl.tables import MODEL_METRICS
 
 RETRIEVAL = "retrieval"
@@ -128,21 +128,34 @@ def binary_metric_rows(frame: pd.DataFrame, scorers: Iterable[Scorer]) -> list[M
             scores = task_scores(frame, scorer.kind, task)
             if scores is None or not mask.any():
                 continue
-            values = M.binary_metrics(frame[task.label].to_numpy()[mask], scores[mask], frame["user_id"].to_numpy()[mask])
+            values = M.binary_metrics(
+                frame[task.label].to_numpy()[mask], scores[mask], frame["user_id"].to_numpy()[mask]
+            )
             rows += [
-                MetricRow(scorer.kind, task.name, metric, None, _finite(values[metric]), int(values["rows"]),
-                          scorer.scored_version)
+                MetricRow(
+                    scorer.kind,
+                    task.name,
+                    metric,
+                    None,
+                    _finite(values[metric]),
+                    int(values["rows"]),
+                    scorer.scored_version,
+                )
                 for metric in wanted
             ]
     return rows
 
 
-def ranking_metric_rows(scorer: Scorer, ranked: np.ndarray, relevant: M.Relevance, ks: Sequence[int]) -> list[MetricRow]:
+def ranking_metric_rows(
+    scorer: Scorer, ranked: np.ndarray, relevant: M.Relevance, ks: Sequence[int]
+) -> list[MetricRow]:
     """Recall, NDCG and HitRate at each K and MRR over the whole list, for one scorer's lists."""
     values = M.ranking_metrics(ranked, relevant, ks)
     users = int(values["users"])
     rows = [
-        MetricRow(scorer.kind, RETRIEVAL, metric, int(k), _finite(values[f"{metric}_at_{k}"]), users, scorer.scored_version)
+        MetricRow(
+            scorer.kind, RETRIEVAL, metric, int(k), _finite(values[f"{metric}_at_{k}"]), users, scorer.scored_version
+        )
         for k in ks
         for metric in RANKING_METRICS
     ]
@@ -171,9 +184,19 @@ def write_metrics(
     """Replace the rows of (ds, model_version) with ``rows`` in one transaction: a rerun of the
     same evaluation leaves one copy, other versions evaluated on ds keep theirs."""
     records = [
-        {"run_id": run_id, "model_version": model_version, "model_kind": r.model_kind, "scored_version": r.scored_version,
-         "task": r.task, "metric": r.metric, "k": r.k, "value": r.value, "n_examples": r.n_examples,
-         "evaluated_at": evaluated_at, "ds": ds}
+        {
+            "run_id": run_id,
+            "model_version": model_version,
+            "model_kind": r.model_kind,
+            "scored_version": r.scored_version,
+            "task": r.task,
+            "metric": r.metric,
+            "k": r.k,
+            "value": r.value,
+            "n_examples": r.n_examples,
+            "evaluated_at": evaluated_at,
+            "ds": ds,
+        }
         for r in rows
     ]
     path = MODEL_METRICS.path(cfg.storage)

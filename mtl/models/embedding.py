@@ -15,12 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from mtl.config import ConfigError
-from mtl.features.schema import PAD_HASH, Field, Side
-from mtl.models.config import EmbeddingConfig
+from mtl.models.model_config import EmbeddingConfig
+from mtl.schema import DENSE_KEY, PAD_HASH, Field, Side
 
 Batch = Mapping[str, Tensor]
 SIDES: tuple[Side, ...] = ("user", "item", "pair")
-DENSE_KEY = "dense"
 # Columns whose spread in the stats is below this are only centred: scaling them would blow up
 # any later variation (and 0 would divide by zero).
 MIN_STD = 1e-6

@@ -57,15 +57,20 @@ def check_recommendations(df: DataFrame, k: int) -> CheckResult:
         F.coalesce(F.sum("null_items"), F.lit(0)).alias("null_items"),
         F.coalesce(F.sum("bad_rows"), F.lit(0)).alias("bad_rows"),
     ).first()
-    violations = _report([
-        (t["null_users"], "rows with a null user_id"),
-        (t["null_items"], "rows with a null item_id"),
-        (t["over_k"], f"users with more than {k} rows"),
-        (t["gaps"], "users whose ranks are not 1..n without gaps or repeats"),
-        (t["repeats"], "users with an item listed twice"),
-        (t["bad_rows"], "rows with a probability that is not in [0, 1] or a score that is not a finite number >= 0 "
-                        "(null and NaN count)"),
-    ])
+    violations = _report(
+        [
+            (t["null_users"], "rows with a null user_id"),
+            (t["null_items"], "rows with a null item_id"),
+            (t["over_k"], f"users with more than {k} rows"),
+            (t["gaps"], "users whose ranks are not 1..n without gaps or repeats"),
+            (t["repeats"], "users with an item listed twice"),
+            (
+                t["bad_rows"],
+                "rows with a probability that is not in [0, 1] or a score that is not a finite number >= 0 "
+                "(null and NaN count)",
+            ),
+        ]
+    )
     return CheckResult("daily_recommendations", t["rows"], t["users"] - (1 if t["null_users"] else 0), violations)
 
 
@@ -83,13 +88,18 @@ def check_repurchase(df: DataFrame, probabilities: Sequence[str]) -> CheckResult
         _count_if(bad_row).alias("bad_rows"),
     ).first()
     keys = df.select("user_id", "item_id", "category_id").distinct().count()
-    violations = _report([
-        (t["null_users"], "rows with a null user_id"),
-        (t["no_target"], "rows with neither an item nor a category"),
-        (t["rows"] - keys, "repeated (user, item, category) rows"),
-        (t["bad_rows"], f"rows with {', '.join(probabilities)} not in [0, 1] (null and NaN count) "
-                        "or days_since_last_purchase below 1"),
-    ])
+    violations = _report(
+        [
+            (t["null_users"], "rows with a null user_id"),
+            (t["no_target"], "rows with neither an item nor a category"),
+            (t["rows"] - keys, "repeated (user, item, category) rows"),
+            (
+                t["bad_rows"],
+                f"rows with {', '.join(probabilities)} not in [0, 1] (null and NaN count) "
+                "or days_since_last_purchase below 1",
+            ),
+        ]
+    )
     return CheckResult("repurchase_predictions", t["rows"], t["users"], violations)
 
 

@@ -16,9 +16,10 @@ For ds D:
 7. check the output tables.
 
 Every step is idempotent, so a rerun of a ds replaces what it wrote, and ``--from STEP`` resumes
-a failed run at the step that failed. The decisions above live in ``mtl/pipeline/policy.py``;
-Airflow runs the same steps as spark-submit tasks (airflow_dags/), whose flags
-(``mtl/pipeline/steps.py``) make the jobs take the same decisions.
+a failed run at the step that failed. The decisions above live in ``mtl/pipeline/policy.py``; each step here calls
+the same step function as its own command (``mtl/cli/<step>.py``), and Airflow runs those commands
+as spark-submit tasks (airflow_dags/) with the flags in ``mtl/pipeline/steps.py``, so all three
+take the same decisions.
 """
 
 from __future__ import annotations
@@ -28,14 +29,28 @@ import datetime as dt
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
-from mtl.cli import DEFAULT_CONF, parse_ds, setup_logging
-from mtl.config import Config, ConfigError, load_config
+from mtl import registry
+from mtl.cli.build_features import build_features_step
+from mtl.cli.common import DEFAULT_CONF, load_job_config, parse_ds, setup_logging
+from mtl.cli.evaluate import evaluate_step
+from mtl.cli.publish import publish_step
+from mtl.cli.score import score_step
+from mtl.cli.train import train_step
+from mtl.config import Config, ConfigError
 from mtl.errors import JobError
-from mtl.pipeline import policy
+from mtl.evaluate.model_metrics import RETRIEVAL
+from mtl.evaluate.publish import GateRefused
+from mtl.evaluate.publish import summarize as publish_summary
+from mtl.features.job import date_range
+from mtl.ingest.job import run_ingest
+from mtl.pipeline.check_outputs import check_outputs
+from mtl.pipeline.policy import AUTO
 from mtl.pipeline.steps import STEP_NAMES as STEPS
+from mtl.tables import DAILY_RECOMMENDATIONS, MODEL_METRICS, PIPELINE_RUNS, REPURCHASE_PREDICTIONS, warehouse_root
 
 log = logging.getLogger(__name__)
 
@@ -51,65 +66,60 @@ class DayReport:
 
 class StepFailed(JobError):
     def __init__(self, step: str, ds: dt.date, cause: BaseException):
-        super().__init__(f"step {step!r} failed for ds {ds}: {type(cause).__name__}: {cause}\n"
-                         f"fix the cause, then resume with: mtl-pipeline run --ds {ds} --from {step}")
+        super().__init__(
+            f"step {step!r} failed for ds {ds}: {type(cause).__name__}: {cause}\n"
+            f"fix the cause, then resume with: mtl-pipeline run --ds {ds} --from {step}"
+        )
         self.step = step
 
 
 def run_day(spark, cfg: Config, ds: dt.date, start_at: str = STEPS[0], retrain: bool = False) -> DayReport:
     """Run the steps of one ds from ``start_at`` on; the first failure stops the chain."""
-    from mtl import registry
-    from mtl.evaluate.job import run_evaluate
-    from mtl.evaluate.publish import GateRefused, run_publish
-    from mtl.evaluate.publish import summarize as publish_summary
-    from mtl.features.job import build_features_days
-    from mtl.ingest.job import run_ingest
-    from mtl.pipeline.quality import check_outputs
-    from mtl.score.job import run_score
-    from mtl.train.job import run_train
-
     report = DayReport(ds)
 
     def ingest() -> None:
         r = run_ingest(spark, cfg, ds=ds)
-        report.lines.append(f"ingest: {r.rows_read:,} rows read, {r.accepted:,} new events, "
-                            f"{r.duplicates:,} duplicates, {r.quarantined:,} quarantined")
+        report.lines.append(
+            f"ingest: {r.rows_read:,} rows read, {r.accepted:,} new events, "
+            f"{r.duplicates:,} duplicates, {r.quarantined:,} quarantined"
+        )
 
     def features() -> None:
-        days = policy.feature_days(spark, cfg, ds)
-        r = build_features_days(spark, cfg, days)[-1]
-        report.lines.append(f"build_features: ds {', '.join(map(str, days))}; for {ds}: "
-                            + ", ".join(f"{k} {v:,}" for k, v in r.rows.items()))
+        days, results = build_features_step(spark, cfg, [ds], with_pending_days=True)
+        report.lines.append(
+            f"build_features: ds {', '.join(map(str, days))}; for {ds}: "
+            + ", ".join(f"{k} {v:,}" for k, v in results[-1].rows.items())
+        )
 
     def train() -> None:
-        choice = policy.choose_training(cfg, ds, policy.AUTO, retrain)
-        if choice.reuse:
-            policy.record_reuse(spark, cfg, ds, choice)
-            report.model_version = choice.reuse
-            report.lines.append(f"train: {choice.reason}")
+        step = train_step(spark, cfg, ds, AUTO, retrain)
+        report.model_version = step.model_version
+        r = step.result
+        if r is None:
+            report.lines.append(f"train: {step.reason}")
             return
-        r = run_train(spark, cfg, ds, choice.mode)
-        report.model_version = r.model_version
-        report.lines.append(f"train ({r.mode}): version {r.model_version} on ds {r.train_days[0]}..{r.train_days[1]} "
-                            f"({r.train_rows:,} rows; {choice.reason})")
+        report.lines.append(
+            f"train ({r.mode}): version {r.model_version} on ds {r.train_days[0]}..{r.train_days[1]} "
+            f"({r.train_rows:,} rows; {step.reason})"
+        )
 
     def evaluate() -> None:
-        version = report.model_version or policy.require_trained_version(cfg, ds)
-        r = run_evaluate(spark, cfg, ds, version)
+        r = evaluate_step(spark, cfg, ds, report.model_version, trained_for_ds=report.model_version is None)
         report.model_version = r.model_version
         report.lines.append(f"evaluate: version {r.model_version} on {ds}; report {r.report_uri}")
         report.lines.extend("  " + line for line in _metric_lines(r.rows))
 
     def publish() -> None:
-        version = report.model_version or policy.require_trained_version(cfg, ds)
         try:
-            r = run_publish(spark, cfg, ds, version)
+            r = publish_step(spark, cfg, ds, report.model_version, trained_for_ds=report.model_version is None)
         except GateRefused as refused:
             report.published = False
             champion = registry.champion_version(cfg)
             report.lines.append(f"publish: refused ({refused}); scoring keeps the champion {champion or '(none)'}")
             if champion is None:
-                raise JobError("the gate refused the first model and there is no published model to score with") from refused
+                raise JobError(
+                    "the gate refused the first model and there is no published model to score with"
+                ) from refused
             return
         report.published = r.published
         first, *checks = publish_summary(r).splitlines()
@@ -117,18 +127,25 @@ def run_day(spark, cfg: Config, ds: dt.date, start_at: str = STEPS[0], retrain: 
         report.lines.extend("  gate: " + line.strip() for line in checks)
 
     def score() -> None:
-        r = run_score(spark, policy.keep_scored_model(spark, cfg, ds), ds)
-        report.lines.append(f"score: model version {r.model_version}, {r.active_users:,} users, "
-                            + ", ".join(f"{k} {v:,}" for k, v in r.rows.items()))
+        r = score_step(spark, cfg, ds, keep_scored=True)
+        report.lines.append(
+            f"score: model version {r.model_version}, {r.active_users:,} users, "
+            + ", ".join(f"{k} {v:,}" for k, v in r.rows.items())
+        )
 
     def checks() -> None:
         report.lines.append("check_outputs: " + check_outputs(spark, cfg, ds))
 
     actions: dict[str, Callable[[], None]] = {
-        "ingest": ingest, "build_features": features, "train": train, "evaluate": evaluate,
-        "publish": publish, "score": score, "check_outputs": checks,
+        "ingest": ingest,
+        "build_features": features,
+        "train": train,
+        "evaluate": evaluate,
+        "publish": publish,
+        "score": score,
+        "check_outputs": checks,
     }
-    for step in STEPS[STEPS.index(start_at):]:
+    for step in STEPS[STEPS.index(start_at) :]:
         log.info("ds %s: %s", ds, step)
         started = time.perf_counter()
         try:
@@ -142,12 +159,12 @@ def run_day(spark, cfg: Config, ds: dt.date, start_at: str = STEPS[0], retrain: 
 def _metric_lines(rows) -> list[str]:
     """The headline of the evaluation: per task, the model's AUC (Recall@20 for retrieval) and the
     best baseline's."""
-    from mtl.evaluate.metrics_table import RETRIEVAL
-
     wanted = {(RETRIEVAL, "recall", 20)} | {(r.task, "auc", None) for r in rows if r.metric == "auc"}
     out = []
     for task, metric, k in sorted(wanted, key=str):
-        values = {r.model_kind: r.value for r in rows if (r.task, r.metric, r.k) == (task, metric, k) and r.value is not None}
+        values = {
+            r.model_kind: r.value for r in rows if (r.task, r.metric, r.k) == (task, metric, k) and r.value is not None
+        }
         if "multi_task" not in values:
             continue
         others = {kind: v for kind, v in values.items() if kind != "multi_task"}
@@ -160,9 +177,6 @@ def _metric_lines(rows) -> list[str]:
 
 def summarize(reports: list[DayReport], cfg: Config) -> str:
     """Per day: the seconds of each step and what it did; then where every output is."""
-    from mtl import registry
-    from mtl.tables import DAILY_RECOMMENDATIONS, MODEL_METRICS, PIPELINE_RUNS, REPURCHASE_PREDICTIONS, warehouse_root
-
     lines = []
     for r in reports:
         steps = ", ".join(f"{step} {seconds:.0f}s" for step, seconds in r.seconds.items())
@@ -176,8 +190,10 @@ def summarize(reports: list[DayReport], cfg: Config) -> str:
     for spec in (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS, MODEL_METRICS, PIPELINE_RUNS):
         lines.append(f"  {spec.name:<24}{spec.path(cfg.storage)}")
     lines.append(f"  {'other tables':<24}{warehouse_root(cfg.storage)} (events, features, training_examples, ...)")
-    lines.append(f"  {'MLflow store':<24}{registry.tracking_uri(cfg)} (registered model "
-                 f"{cfg.tracking.registered_model!r}, {cfg.tracking.champion_alias} version {champion})")
+    lines.append(
+        f"  {'MLflow store':<24}{registry.tracking_uri(cfg)} (registered model "
+        f"{cfg.tracking.registered_model!r}, {cfg.tracking.champion_alias} version {champion})"
+    )
     return "\n".join(lines)
 
 
@@ -186,12 +202,13 @@ def days_to_run(args: argparse.Namespace) -> list[dt.date]:
         return [args.ds]
     if args.end < args.start:
         raise JobError(f"--end {args.end} is before --start {args.start}")
-    return [args.start + dt.timedelta(days=i) for i in range((args.end - args.start).days + 1)]
+    return date_range(args.start, args.end)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="mtl-pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mtl-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daily chain for --ds (or each day of --start..--end)")
     run.add_argument("--conf", default=DEFAULT_CONF, help=f"config file (default {DEFAULT_CONF})")
@@ -199,16 +216,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     run.add_argument("--ds", type=parse_ds)
     run.add_argument("--start", type=parse_ds)
     run.add_argument("--end", type=parse_ds)
-    run.add_argument("--from", dest="start_at", choices=STEPS, default=STEPS[0],
-                     help="resume at this step (the first day of a range only)")
-    run.add_argument("--retrain", action="store_true",
-                     help="train a new model even if the day already has one (a rerun reuses it by default)")
+    run.add_argument(
+        "--from",
+        dest="start_at",
+        choices=STEPS,
+        default=STEPS[0],
+        help="resume at this step (the first day of a range only)",
+    )
+    run.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train a new model even if the day already has one (a rerun reuses it by default)",
+    )
     args = parser.parse_args(argv)
     if bool(args.start) != bool(args.end) or bool(args.ds) == bool(args.start):
         parser.error("give either --ds, or both --start and --end")
     setup_logging()
     try:
-        cfg = load_config(args.conf, args.overrides)
+        cfg = load_job_config(args.conf, args.overrides)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -17,10 +17,10 @@ from pyspark.sql import functions as F
 
 from mtl.config import Config, parse_typed
 from mtl.errors import InputError
-from mtl.features.schema import dense_columns, model_fields
-from mtl.models.config import ModelConfig, check_model_config
 from mtl.models.model import MultiTaskRecModel, build_model
+from mtl.models.model_config import ModelConfig, check_model_config
 from mtl.registry import Artifact, save_artifact
+from mtl.schema import dense_columns, model_fields
 from mtl.tables import FEATURE_STATS
 
 
@@ -28,7 +28,8 @@ def read_feature_stats(spark: SparkSession, cfg: Config, ds: dt.date) -> dict[st
     """The model's normalisation (log1p space) and fill values, from feature_stats of ``ds``."""
     rows = {
         r["column"]: r
-        for r in spark.read.format("delta").load(FEATURE_STATS.path(cfg.storage))
+        for r in spark.read.format("delta")
+        .load(FEATURE_STATS.path(cfg.storage))
         .where((F.col("ds") == F.lit(ds)) & (F.col("kind") == "dense"))
         .collect()
     }
@@ -45,8 +46,13 @@ def read_feature_stats(spark: SparkSession, cfg: Config, ds: dt.date) -> dict[st
     }
 
 
-def save_model(folder: str | Path, model: MultiTaskRecModel, model_cfg: ModelConfig, feature_stats: dict[str, Any],
-               metadata: dict[str, Any]) -> Path:
+def save_model(
+    folder: str | Path,
+    model: MultiTaskRecModel,
+    model_cfg: ModelConfig,
+    feature_stats: dict[str, Any],
+    metadata: dict[str, Any],
+) -> Path:
     return save_artifact(folder, model.state_dict(), dataclasses.asdict(model_cfg), feature_stats, metadata)
 
 

@@ -1,0 +1,143 @@
+"""The rules of a config that span fields or need more than a type: run on every load."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from mtl.config.loader import ConfigError
+from mtl.config.sections import CANONICAL_EVENT_TYPES, MAPPABLE_FIELDS, REQUIRED_FIELDS, Config
+
+
+def check_config(cfg: Config) -> None:
+    """Raise ConfigError naming the first key that breaks a rule."""
+    if not 0.0 <= cfg.ingest.max_quarantine_share <= 1.0:
+        raise ConfigError("ingest.max_quarantine_share: must be between 0 and 1")
+    if cfg.spark.shuffle_partitions < 1:
+        raise ConfigError("spark.shuffle_partitions: must be at least 1")
+    weekday = cfg.pipeline.full_retrain_weekday
+    if weekday is not None and not 0 <= weekday <= 6:
+        raise ConfigError("pipeline.full_retrain_weekday: 0 (Monday) to 6 (Sunday), or null")
+    tr = cfg.training
+    for key in ("window_days", "num_proc", "start_timeout_s", "collective_timeout_s", "reader_workers"):
+        if getattr(tr, key) < 1:
+            raise ConfigError(f"training.{key}: must be at least 1")
+    if tr.window_days < 2:
+        raise ConfigError("training.window_days: must be at least 2 (training days plus the validation day)")
+    feats = cfg.features
+    for key in ("history_days", "sampling_slots", "repurchase_lookback_days"):
+        if getattr(feats, key) < 1:
+            raise ConfigError(f"features.{key}: must be at least 1")
+    if feats.history_days < 30:
+        raise ConfigError("features.history_days: must be at least 30 (the longest feature window)")
+    if feats.negatives_per_positive < 0 or feats.smoothing_strength < 0:
+        raise ConfigError("features.negatives_per_positive and features.smoothing_strength must not be negative")
+    gen = cfg.generator
+    for key in (
+        "users",
+        "items",
+        "categories",
+        "days",
+        "impressions_per_session",
+        "latent_dim",
+        "users_per_block",
+        "partitions",
+        "cycle_days_min",
+        "repurchase_horizon_days",
+    ):
+        if getattr(gen, key) < 1:
+            raise ConfigError(f"generator.{key}: must be at least 1")
+    if gen.cycle_days_max < gen.cycle_days_min:
+        raise ConfigError("generator.cycle_days_max: must not be below generator.cycle_days_min")
+    if gen.categories > gen.items:
+        raise ConfigError("generator.categories: must not exceed generator.items")
+    for key in (
+        "new_item_share",
+        "consumable_share",
+        "repurchase_prob_consumable",
+        "repurchase_prob_durable",
+        "repurchase_same_item",
+    ):
+        if not 0.0 <= getattr(gen, key) <= 1.0:
+            raise ConfigError(f"generator.{key}: must be between 0 and 1")
+    try:
+        dt.date.fromisoformat(gen.start_date)
+    except ValueError:
+        raise ConfigError(f"generator.start_date: expected a date YYYY-MM-DD, got {gen.start_date!r}") from None
+    for name, fmt in cfg.formats.items():
+        base = f"formats.{name}"
+        for canonical in fmt.mapping:
+            if canonical not in MAPPABLE_FIELDS:
+                raise ConfigError(
+                    f"{base}.mapping.{canonical}: not a canonical field; use one of {list(MAPPABLE_FIELDS)}"
+                )
+        for canonical in REQUIRED_FIELDS:
+            if canonical == "event_type" and fmt.constant_event_type:
+                continue
+            if canonical not in fmt.mapping:
+                raise ConfigError(f"{base}.mapping.{canonical}: required (the source column holding {canonical})")
+        for raw_value, canonical in fmt.event_type_values.items():
+            if canonical not in CANONICAL_EVENT_TYPES:
+                raise ConfigError(
+                    f"{base}.event_type_values.{raw_value}: {canonical!r} is not one of {list(CANONICAL_EVENT_TYPES)}"
+                )
+        if fmt.constant_event_type and fmt.constant_event_type not in CANONICAL_EVENT_TYPES:
+            raise ConfigError(f"{base}.constant_event_type: must be one of {list(CANONICAL_EVENT_TYPES)}")
+        if fmt.reader == "csv" and not fmt.header and not fmt.columns:
+            raise ConfigError(f"{base}.columns: a CSV format without a header line must list its columns")
+        if fmt.columns:
+            missing = sorted(set(fmt.mapping.values()) - set(fmt.columns))
+            if missing:
+                raise ConfigError(f"{base}.mapping: source columns {missing} are not in {base}.columns")
+        for key in ("valid_from", "valid_until"):
+            text = getattr(fmt, key)
+            if text is not None:
+                try:
+                    dt.date.fromisoformat(text)
+                except ValueError:
+                    raise ConfigError(f"{base}.{key}: expected a date YYYY-MM-DD, got {text!r}") from None
+        for key in ("source_time_zone", "business_time_zone"):
+            _check_time_zone(getattr(fmt, key), f"{base}.{key}")
+    _check_scoring(cfg)
+
+
+def _check_time_zone(name: str, key: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{key}: unknown time zone {name!r} (use an IANA name such as Asia/Shanghai)") from None
+
+
+def _check_scoring(cfg: Config) -> None:
+    sc, filters = cfg.scoring, cfg.scoring.filters
+    for key in ("active_days", "k", "candidates", "item_block_size", "users_per_batch"):
+        if getattr(sc, key) < 1:
+            raise ConfigError(f"scoring.{key}: must be at least 1")
+    if sc.candidates < sc.k:
+        raise ConfigError("scoring.candidates: must be at least scoring.k")
+    if sc.active_days > cfg.features.history_days:
+        raise ConfigError(
+            "scoring.active_days: must not exceed features.history_days (user_features looks no further back)"
+        )
+    if sc.model_version is not None and sc.model_alias is not None:
+        raise ConfigError("scoring.model_version and scoring.model_alias: give one of them, not both")
+    if sc.alpha < 0:
+        raise ConfigError("scoring.alpha: must not be negative")
+    if sc.min_price <= 0:
+        raise ConfigError("scoring.min_price: must be positive")
+    if not sc.pseudonym_key_env:
+        raise ConfigError("scoring.pseudonym_key_env: must name an environment variable")
+    if not 0 <= filters.recent_purchase_days < cfg.features.history_days:
+        raise ConfigError("scoring.filters.recent_purchase_days: must be in [0, features.history_days)")
+    if filters.repurchasable_min_rate is not None and not 0.0 <= filters.repurchasable_min_rate <= 1.0:
+        raise ConfigError("scoring.filters.repurchasable_min_rate: must be between 0 and 1")
+    if filters.repurchasable_min_buyers < 1:
+        raise ConfigError("scoring.filters.repurchasable_min_buyers: must be at least 1")
+    if filters.max_per_category is not None and filters.max_per_category < 1:
+        raise ConfigError("scoring.filters.max_per_category: must be at least 1 (or null for no cap)")
+    items = sc.items
+    if items.path is None and (items.available_column or items.available_from_column):
+        raise ConfigError(
+            "scoring.items.path: required when scoring.items.available_column or available_from_column is set"
+        )
