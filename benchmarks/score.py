@@ -194,7 +194,7 @@ def publish_random_model(cfg) -> str:
     from mtl import registry
     from mtl.features.assemble import feature_defaults
     from mtl.features.transforms import Priors
-    from mtl.models.artifacts import save_model
+    from mtl.models.artifacts import register_model
     from mtl.models.model import build_model
     from mtl.models.model_config import load_model_config
     from mtl.schema import dense_columns, model_fields
@@ -211,9 +211,8 @@ def publish_random_model(cfg) -> str:
     torch.manual_seed(0)
     model = build_model(model_cfg, model_fields(), stats)
     folder = Path(cfg.storage.warehouse).parent / "model"
-    save_model(folder, model, model_cfg, stats, {"ds": DS.isoformat(), "note": "random weights, benchmark"})
-    with registry.MlflowRun(cfg) as run:
-        version = registry.register_artifact(cfg, run, folder)
+    metadata = {"ds": DS.isoformat(), "note": "random weights, benchmark"}
+    version = register_model(cfg, model, model_cfg, stats, metadata, folder=folder)[0]
     registry.set_champion(cfg, version)
     return version
 

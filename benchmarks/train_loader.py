@@ -79,7 +79,7 @@ def base_overrides(args, work: Path) -> list[str]:
 def source_warehouse(args, spark) -> Path:
     if args.warehouse:
         return Path(args.warehouse).resolve()
-    from tests.generated import START, build_world, world_config
+    from tests.support.worlds import START, build_world, world_config
 
     root = Path(args.work).resolve() / "generated"
     print(f"no --warehouse: generating a world of {args.gen_users} users under {root} (once)", flush=True)
@@ -169,7 +169,8 @@ def in_process(args, plan) -> dict[str, Any]:
     from model_train import reference_config, reference_fields, synthetic_batches
 
     from mtl.config import parse_typed
-    from mtl.data.loader import ExampleBatches, in_memory_batches, input_columns
+    from mtl.data.batch import in_memory_batches, input_columns
+    from mtl.data.loader import ExampleBatches
     from mtl.models import MultiTaskLoss, build_model
     from mtl.models.embedding import dense_feature_stats
     from mtl.models.model_config import ModelConfig

@@ -40,7 +40,8 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
     settings = dict(DELTA_CONF)
     settings["spark.sql.session.timeZone"] = "UTC"
     settings["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions)
-    settings["spark.ui.showConsoleProgress"] = str(cfg.show_progress).lower()
+    # Progress bars redraw one line with carriage returns: on a terminal only, never into a log file.
+    settings["spark.ui.showConsoleProgress"] = str(cfg.show_progress and sys.stderr.isatty()).lower()
     if cfg.delta_snapshot_partitions:
         settings["spark.databricks.delta.snapshotPartitions"] = str(cfg.delta_snapshot_partitions)
     settings.update(cfg.extra)

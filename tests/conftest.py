@@ -1,5 +1,6 @@
-"""Shared fixtures: one real local SparkSession with Delta for the whole run, and a config
-whose warehouse is a fresh temporary folder for each test."""
+"""Shared fixtures: one real local SparkSession with Delta for the whole run, a config whose
+warehouse is a fresh temporary folder for each test, and the session's cache of generated worlds.
+Shared helpers live in tests/support/."""
 
 from __future__ import annotations
 
@@ -20,7 +21,19 @@ TEST_OVERRIDES = [
     "spark.show_progress=false",
     "spark.log_level=ERROR",
     "spark.driver_memory=2g",
+    # The tests' tables hold hundreds of rows: compiling generated code for each stage costs more
+    # than it saves (about 30% of a build_features run here), so expressions are interpreted.
+    "spark.extra.spark.sql.codegen.wholeStage='false'",
+    "spark.extra.spark.sql.codegen.factoryMode='NO_CODEGEN'",
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _world_cache(tmp_path_factory):
+    """One folder per session where each flavour of generated world is built once (tests/support/worlds.py)."""
+    from tests.support import worlds
+
+    worlds.set_cache_root(tmp_path_factory.mktemp("world_cache"))
 
 
 @pytest.fixture(scope="session")

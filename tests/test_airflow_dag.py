@@ -30,8 +30,8 @@ from mtl.pipeline import steps
 from mtl.pipeline.check_outputs import OutputQualityError, check_outputs
 from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
 from tests.conftest import LOCAL_CONF, ROOT, TEST_OVERRIDES
-from tests.generated import START, build_world, world_config, world_overrides
-from tests.helpers import read_table, runs
+from tests.support.tables import read_table, runs
+from tests.support.worlds import START, build_world, world_config, world_overrides
 
 AIRFLOW_VENV = Path(os.environ.get("MTL_AIRFLOW_VENV", ROOT / ".venv-airflow"))
 AIRFLOW_PYTHON = AIRFLOW_VENV / "bin" / "python"
@@ -278,7 +278,7 @@ def test_steps_module_is_standard_library_only_and_matches_the_jobs():
     for step in steps.STEPS:
         assert (ROOT / step.script).is_file(), step.script
     assert steps.STEP_NAMES == JOBS
-    from mtl.pipeline import runner
+    from mtl.cli import pipeline as runner
 
     assert tuple(getattr(runner, "STEPS", steps.STEP_NAMES)) == steps.STEP_NAMES  # the local runner's order
     assert steps.STEP_NAMES.index(steps.GATE_STEP) + 1 == steps.STEP_NAMES.index("score")

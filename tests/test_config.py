@@ -110,3 +110,63 @@ def test_override_of_a_dotted_spark_setting():
     cfg = load_config(ROOT / "conf" / "local.yaml", ["spark.extra.spark.sql.files.maxPartitionBytes=64m"])
     assert cfg.spark.extra["spark.sql.files.maxPartitionBytes"] == "64m"
     assert cfg.spark.extra["spark.ui.enabled"] == "false"  # the file's other entries stay
+
+
+# ---------------------------------------------------------------------------------------------
+# a user's own config, kept outside the project, and checks that run when the config loads
+
+
+def test_a_config_in_another_folder_finds_the_model_config_the_project_names(tmp_path, monkeypatch):
+    own = tmp_path / "shop" / "shop.yaml"
+    own.parent.mkdir()
+    own.write_text(f"extends: {ROOT / 'conf' / 'local.yaml'}\nstorage: {{warehouse: {tmp_path / 'wh'}}}\n")
+    monkeypatch.chdir(tmp_path)  # not the project folder
+    cfg = load_config(own)
+    assert cfg.model_config == str(ROOT / "conf" / "models" / "mmoe.yaml")
+    from mtl.cli.common import load_job_config
+
+    assert load_job_config(str(own), []).model_config == cfg.model_config
+    # A path given in the user's own file is relative to that file; on the command line, to the working folder.
+    (own.parent / "models").mkdir()
+    (own.parent / "models" / "mine.yaml").write_text(f"extends: {ROOT / 'conf' / 'models' / 'mmoe.yaml'}\n")
+    own.write_text(own.read_text() + "model_config: models/mine.yaml\n")
+    assert load_config(own).model_config == str(own.parent / "models" / "mine.yaml")
+    assert load_config(own, ["model_config=elsewhere.yaml"]).model_config == "elsewhere.yaml"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model_config=no/such/model.yaml", "config file not found"),
+        ("model_config=" + str(ROOT / "conf" / "base.yaml"), "unknown config key"),
+        ("evaluation.ks=[]", "evaluation.ks"),
+        ("gate.metrics=[{task: click, metric: recall, k: 20, floor: 0.1}]", "gate.metrics[0].metric"),
+    ],
+)
+def test_the_model_evaluation_and_gate_sections_are_checked_when_a_job_loads_its_config(override, message):
+    from mtl.cli.common import load_job_config
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_job_config(str(ROOT / "conf" / "local.yaml"), [override])
+
+
+def test_the_pipeline_fails_on_a_bad_evaluation_key_before_its_first_step(tmp_path, capsys):
+    from mtl.cli.pipeline import main
+
+    warehouse = tmp_path / "warehouse"
+    code = main(
+        [
+            "run",
+            "--conf",
+            str(ROOT / "conf" / "local.yaml"),
+            "--ds",
+            "2017-11-27",
+            "--set",
+            f"storage.warehouse={warehouse}",
+            "--set",
+            "evaluation.ks=[]",
+        ]
+    )
+    assert code == 2
+    assert "config error: evaluation.ks" in capsys.readouterr().err
+    assert not warehouse.exists()  # nothing was ingested

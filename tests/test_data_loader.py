@@ -24,7 +24,8 @@ from petastorm.workers_pool.thread_pool import WorkerThread
 
 from mtl import delta_io
 from mtl.data.arrow_columns import list_column_to_matrix
-from mtl.data.loader import ExampleBatches, in_memory_batches, input_columns, row_count
+from mtl.data.batch import in_memory_batches, input_columns
+from mtl.data.loader import ExampleBatches, row_count
 from mtl.data.snapshot import describe_days, snapshot_files
 from mtl.errors import InputError
 from mtl.schema import (

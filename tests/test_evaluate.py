@@ -25,9 +25,9 @@ from mtl.evaluate.model_metrics import read_metrics, write_metrics
 from mtl.evaluate.publish import GATE_TAG, GateRefused, run_publish
 from mtl.tables import MODEL_METRICS, TRAINING_EXAMPLES
 from mtl.train.job import run_train
-from tests.evaluation_models import register_model
-from tests.generated import START, build_world, world_config
-from tests.helpers import read_table, runs
+from tests.support.evaluation_models import register_model
+from tests.support.tables import read_table, runs
+from tests.support.worlds import START, build_world, world_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning:petastorm", "ignore::DeprecationWarning")
 

@@ -19,8 +19,8 @@ from mtl.ingest.job import run_ingest
 from mtl.tables import TRAINING_EXAMPLES
 from mtl.train.job import run_train
 from tests.conftest import SHARED_DATA
-from tests.generated import TINY_MODEL
-from tests.helpers import read_table
+from tests.support.tables import read_table
+from tests.support.worlds import TINY_MODEL
 
 pytestmark = [
     pytest.mark.slow,

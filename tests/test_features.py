@@ -21,7 +21,7 @@ from mtl.tables import (
     USER_FEATURES,
     USER_ITEM_FEATURES,
 )
-from tests.helpers import read_table, runs, write_events
+from tests.support.tables import read_table, runs, write_events
 
 D = dt.date(2024, 3, 10)
 

@@ -21,7 +21,7 @@ from mtl.tables import (
     USER_ITEM_FEATURES,
 )
 from tests.conftest import LOCAL_CONF, TEST_OVERRIDES
-from tests.helpers import read_table, write_events
+from tests.support.tables import read_table, write_events
 
 D = dt.date(2024, 3, 15)
 FEATURE_TABLES = (USER_FEATURES, ITEM_FEATURES, USER_CATEGORY_FEATURES, USER_ITEM_FEATURES)

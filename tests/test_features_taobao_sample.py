@@ -11,7 +11,7 @@ from mtl.features.job import build_features
 from mtl.ingest.job import run_ingest
 from mtl.tables import TRAINING_EXAMPLES
 from tests.conftest import SHARED_DATA
-from tests.helpers import read_table
+from tests.support.tables import read_table
 
 SAMPLE = SHARED_DATA / "taobao_user_behavior_sample.csv"
 CHINA = ZoneInfo("Asia/Shanghai")

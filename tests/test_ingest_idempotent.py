@@ -1,7 +1,7 @@
 """Exact duplicates are written once: within a file, across reruns and across overlapping inputs."""
 
 from mtl.ingest.job import run_ingest
-from tests.helpers import event_tuples, events
+from tests.support.tables import event_tuples, events
 
 ROWS = [f"{u},{100 + u},10,pv,{1511600000 + u}\n" for u in range(1, 6)]
 

@@ -4,7 +4,7 @@ import datetime as dt
 
 from mtl.ingest.job import run_ingest
 from mtl.tables import EVENTS
-from tests.helpers import event_tuples, events
+from tests.support.tables import event_tuples, events
 
 D = dt.date
 T = dt.datetime

@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 from mtl.ingest import normalize as N
 from mtl.ingest.job import QuarantineLimitExceeded, run_ingest
 from mtl.tables import EVENTS
-from tests.helpers import event_tuples, events, quarantine, runs
+from tests.support.tables import event_tuples, events, quarantine, runs
 
 GOOD = "1,100,10,pv,1511600000\n"
 

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from mtl.ingest import normalize as N
 from mtl.ingest.job import run_ingest
 from tests.conftest import SHARED_DATA
-from tests.helpers import events, quarantine, runs
+from tests.support.tables import events, quarantine, runs
 
 SAMPLE = SHARED_DATA / "taobao_user_behavior_sample.csv"
 CHINA = ZoneInfo("Asia/Shanghai")

@@ -14,8 +14,8 @@ from mtl.config import load_config
 from mtl.generate.job import run_generate
 from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
 from tests.conftest import LOCAL_CONF
-from tests.generated import START, world_overrides
-from tests.helpers import read_table, runs
+from tests.support.tables import read_table, runs
+from tests.support.worlds import START, world_overrides
 
 D1 = START + dt.timedelta(days=8)
 D2 = D1 + dt.timedelta(days=1)
@@ -29,9 +29,13 @@ def _partition(spark, cfg, spec, ds):
 @pytest.fixture(scope="module")
 def pipeline_world(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline_world")
-    # The tiny world and model test the chain's mechanics; gate quality is tested in test_gate.py.
+    # The tiny world and model test the chain's mechanics; gate quality is tested in test_gate.py,
+    # and the slower baselines (ALS, logistic regression, the twins) in test_evaluate.py.
     overrides = world_overrides(
-        root, "pipeline.full_retrain_weekday=null", "gate.metrics=[{task: click, metric: auc, floor: 0.5}]"
+        root,
+        "pipeline.full_retrain_weekday=null",
+        "gate.metrics=[{task: click, metric: auc, floor: 0.5}]",
+        "evaluation.baselines=[popularity, category_popularity, recency_frequency]",
     )
     cfg = load_config(LOCAL_CONF, overrides)
     run_generate(spark, cfg)

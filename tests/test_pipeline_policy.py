@@ -24,7 +24,7 @@ from mtl.pipeline import policy
 from mtl.run_record import RunRecorder
 from mtl.tables import TRAINING_EXAMPLES
 from tests.conftest import LOCAL_CONF, TEST_OVERRIDES
-from tests.helpers import runs
+from tests.support.tables import runs
 
 D = dt.date(2024, 3, 13)  # a Wednesday
 SUNDAY = dt.date(2024, 3, 17)

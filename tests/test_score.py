@@ -24,7 +24,7 @@ from mtl.data.batch import in_memory_batches
 from mtl.errors import JobError
 from mtl.features.assemble import model_inputs, user_inputs
 from mtl.features.job import build_features
-from mtl.models.artifacts import load_model, read_feature_stats, save_model
+from mtl.models.artifacts import load_model, read_feature_stats, register_model
 from mtl.models.model import build_model
 from mtl.models.model_config import load_model_config
 from mtl.schema import model_fields
@@ -34,7 +34,7 @@ from mtl.score.rank import repurchasable_categories, score_column
 from mtl.score.workers import USER_TOWER_COLUMNS, dense_defaults, model_batch, user_batch
 from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
 from tests.conftest import LOCAL_CONF, ROOT, TEST_OVERRIDES
-from tests.helpers import read_table, runs, write_events
+from tests.support.tables import read_table, runs, write_events
 
 D = dt.date(2024, 3, 10)
 CATEGORY = {f"i{n}": f"c{(n - 1) // 4 + 1}" for n in range(1, 13)}  # c1: i1-i4, c2: i5-i8, c3: i9-i12
@@ -91,9 +91,7 @@ def _publish(spark, cfg, folder: Path, broken_task: str | None = None) -> str:
         with torch.no_grad():
             for p in model.towers[broken_task].parameters():
                 p.fill_(float("nan"))
-    save_model(folder, model, model_cfg, stats, {"ds": D.isoformat()})
-    with registry.MlflowRun(cfg) as run:
-        return registry.register_artifact(cfg, run, folder)
+    return register_model(cfg, model, model_cfg, stats, {"ds": D.isoformat()}, folder=folder)[0]
 
 
 @pytest.fixture(scope="module")

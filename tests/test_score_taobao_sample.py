@@ -16,7 +16,7 @@ from mtl.score.job import run_score
 from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
 from mtl.train.job import run_train
 from tests.conftest import ROOT, SHARED_DATA
-from tests.helpers import read_table, runs
+from tests.support.tables import read_table, runs
 
 SAMPLE = SHARED_DATA / "taobao_user_behavior_sample.csv"
 CHINA = ZoneInfo("Asia/Shanghai")

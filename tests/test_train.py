@@ -15,8 +15,8 @@ from mtl.models.artifacts import load_model
 from mtl.run_record import RunRecorder  # noqa: F401  (pipeline_runs rows are checked through helpers)
 from mtl.tables import TRAINING_EXAMPLES
 from mtl.train.job import plan_training, run_train, unknown_labels
-from tests.generated import START, build_world, world_config
-from tests.helpers import runs
+from tests.support.tables import runs
+from tests.support.worlds import START, build_world, world_config
 
 D = START + dt.timedelta(days=8)  # trains on D-3..D-2, validates on D-1
 FEATURE_DAYS = [D - dt.timedelta(days=k) for k in (3, 2, 1)]

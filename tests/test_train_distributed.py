@@ -21,8 +21,8 @@ from mtl import registry
 from mtl.config import load_config
 from mtl.train.job import run_train
 from tests.conftest import LOCAL_CONF, ROOT
-from tests.generated import START, build_world, world_overrides
-from tests.helpers import runs
+from tests.support.tables import runs
+from tests.support.worlds import START, build_world, world_overrides
 
 D = START + dt.timedelta(days=8)
 FEATURE_DAYS = [D - dt.timedelta(days=k) for k in (3, 2, 1)]

@@ -38,7 +38,7 @@ from mtl.models.artifacts import load_model
 from mtl.tables import TRAINING_EXAMPLES
 from mtl.train.job import run_train
 from mtl.train.trainer import evaluate, validation_metrics
-from tests.generated import START, build_world, world_config
+from tests.support.worlds import START, build_world, world_config
 
 D = START + dt.timedelta(days=8)  # full: trains on D-3..D-2 (training.window_days=3), validates on D-1
 H = D + dt.timedelta(days=1)  # held out; incremental for ds H trains on H-1 = D

@@ -47,9 +47,17 @@ def job_parser(prog: str, description: str, ds_required: bool = False) -> argpar
     return parser
 
 
+# Loggers that chatter at INFO about their own internals on every reader or epoch (Petastorm:
+# "Failed loading Unischema", "Recovering rowgroup information"); quieted unless MTL_LOG_LEVEL=DEBUG.
+CHATTY_LOGGERS = ("petastorm",)
+
+
 def setup_logging() -> None:
+    level = os.environ.get("MTL_LOG_LEVEL", "INFO")
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING)
     logging.basicConfig(
-        level=os.environ.get("MTL_LOG_LEVEL", "INFO"),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,

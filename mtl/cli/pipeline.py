@@ -153,6 +153,7 @@ def run_day(spark, cfg: Config, ds: dt.date, start_at: str = STEPS[0], retrain: 
         except Exception as exc:
             raise StepFailed(step, ds, exc) from exc
         report.seconds[step] = time.perf_counter() - started
+        log.info("ds %s: %s done in %.1fs", ds, step, report.seconds[step])
     return report
 
 

@@ -29,6 +29,7 @@ class SparkConfig:
     driver_memory: Optional[str] = None
     # Delta reads its transaction log with this many partitions (its default of 50 is slow locally).
     delta_snapshot_partitions: Optional[int] = None
+    # Spark's console progress bars, shown only when stderr is a terminal (never in log files).
     show_progress: bool = True
     log_level: str = "WARN"
     extra: dict[str, str] = field(default_factory=dict)

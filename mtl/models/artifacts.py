@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from mtl import registry
 from mtl.config import Config, parse_typed
 from mtl.errors import InputError
 from mtl.models.model import MultiTaskRecModel, build_model
@@ -54,6 +57,30 @@ def save_model(
     metadata: dict[str, Any],
 ) -> Path:
     return save_artifact(folder, model.state_dict(), dataclasses.asdict(model_cfg), feature_stats, metadata)
+
+
+def register_model(
+    cfg: Config,
+    model: MultiTaskRecModel,
+    model_cfg: ModelConfig,
+    feature_stats: dict[str, Any],
+    metadata: dict[str, Any],
+    *,
+    folder: Optional[str | Path] = None,
+    run_name: Optional[str] = None,
+    tags: Optional[Mapping[str, str]] = None,
+    log_run: Optional[Callable[[registry.MlflowRun], None]] = None,
+) -> tuple[str, str, Path]:
+    """Save ``model`` as an artifact (in ``folder``, default a new temporary folder), log it in a
+    new MLflow run (``log_run`` adds params and metrics to that run first) and register it as a
+    new version: (version, run id, folder). Training, the tests and the benchmarks all register
+    models this way."""
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="mtl-artifact-"))
+    save_model(folder, model, model_cfg, feature_stats, metadata)
+    with registry.MlflowRun(cfg, run_name=run_name, tags=dict(tags or {})) as run:
+        if log_run is not None:
+            log_run(run)
+        return registry.register_artifact(cfg, run, folder), run.run_id, folder
 
 
 def load_model(artifact: Artifact) -> MultiTaskRecModel:

@@ -24,7 +24,6 @@ import math
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from mtl.config import Config, parse_typed
 from mtl.data.loader import ExampleBatches
 from mtl.data.snapshot import Snapshot, snapshot_files
 from mtl.errors import InputError, JobError
-from mtl.models.artifacts import read_feature_stats, save_model
+from mtl.models.artifacts import read_feature_stats, register_model
 from mtl.models.losses import MultiTaskLoss
 from mtl.models.model import build_model
 from mtl.models.model_config import ModelConfig, load_model_config
@@ -381,11 +380,8 @@ def register(cfg: Config, plan: TrainPlan, chief: WorkerResult) -> tuple[str, st
         # Labels whose outcome windows reach ds were read as unknown (evaluation relies on it).
         "unobserved_labels_masked": True,
     }
-    folder = Path(tempfile.mkdtemp(prefix="mtl-artifact-"))
-    save_model(folder, model, model_cfg, plan.feature_stats, metadata)
-    with registry.MlflowRun(
-        cfg, run_name=f"train {plan.ds} {plan.mode}", tags={"ds": plan.ds, "mode": plan.mode}
-    ) as run:
+
+    def log_run(run) -> None:
         run.log_params(
             {
                 "mode": plan.mode,
@@ -401,8 +397,18 @@ def register(cfg: Config, plan: TrainPlan, chief: WorkerResult) -> tuple[str, st
         finite = {f"final_{k}": v for k, v in chief.final_metrics.items() if isinstance(v, float) and math.isfinite(v)}
         if finite:
             run.log_metrics(finite, chief.fit["global_step"])
-        version = registry.register_artifact(cfg, run, folder)
-        return version, run.run_id, str(folder)
+
+    version, run_id, folder = register_model(
+        cfg,
+        model,
+        model_cfg,
+        plan.feature_stats,
+        metadata,
+        run_name=f"train {plan.ds} {plan.mode}",
+        tags={"ds": plan.ds, "mode": plan.mode},
+        log_run=log_run,
+    )
+    return version, run_id, str(folder)
 
 
 def run_train(spark, cfg: Config, ds: dt.date, mode: str = "full") -> TrainResult:

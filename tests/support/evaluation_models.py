@@ -11,11 +11,10 @@ import tempfile
 
 import torch
 
-from mtl import registry
 from mtl.config import Config
 from mtl.data.loader import ExampleBatches
 from mtl.data.snapshot import snapshot_files
-from mtl.models.artifacts import read_feature_stats, save_model
+from mtl.models import artifacts
 from mtl.models.losses import MultiTaskLoss
 from mtl.models.model import build_model
 from mtl.models.model_config import load_model_config
@@ -39,7 +38,7 @@ def register_model(
     returns the registered version."""
     snapshot = snapshot_files(spark, TRAINING_EXAMPLES.path(cfg.storage), train_from, train_to)
     model_cfg = load_model_config(cfg.model_config)
-    feature_stats = read_feature_stats(spark, cfg, train_to)
+    feature_stats = artifacts.read_feature_stats(spark, cfg, train_to)
     seed_everything(model_cfg.trainer.seed)
     model = build_model(model_cfg, model_fields(), feature_stats)
     generator = torch.Generator().manual_seed(seed)
@@ -65,6 +64,6 @@ def register_model(
         "labels": "shuffled within batches" if shuffle_labels else "as recorded",
     }
     with tempfile.TemporaryDirectory(prefix="mtl-test-model-") as folder:
-        save_model(folder, model, model_cfg, feature_stats, metadata)
-        with registry.MlflowRun(cfg, run_name=f"test model for {ds}") as run:
-            return registry.register_artifact(cfg, run, folder)
+        return artifacts.register_model(
+            cfg, model, model_cfg, feature_stats, metadata, folder=folder, run_name=f"test model for {ds}"
+        )[0]
