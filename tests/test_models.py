@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from model_data import FIELDS, MODEL_CONF, TASKS, World, model_config, one_torch_thread  # noqa: F401
 
 from mtl.config import ConfigError
 from mtl.models import MultiTaskLoss, build_model, load_model_config
@@ -17,6 +16,7 @@ from mtl.models.embedding import dense_feature_stats, hash_to_bucket
 from mtl.models.losses import FrequencyEstimator, ctcvr_loss, in_batch_softmax_loss, masked_bce_with_logits
 from mtl.models.multi_task.esmm import ctcvr_logit
 from mtl.schema import LABELS, Field, model_fields
+from tests.support.model_data import FIELDS, MODEL_CONF, TASKS, World, model_config, one_torch_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ARCHITECTURES = ["shared_bottom", "mmoe", "ple", "esmm"]

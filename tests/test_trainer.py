@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from model_data import FIELDS, TASKS, RecordingLogger, RowDataset, World, iterate, model_config, one_torch_thread  # noqa: F401
 
 from mtl import metric_functions as M
 from mtl.models import MultiTaskLoss, build_model
@@ -14,6 +13,16 @@ from mtl.models.embedding import dense_feature_stats
 from mtl.seeds import seed_everything
 from mtl.train.checkpoint import load_checkpoint
 from mtl.train.trainer import CHECKPOINT_NAME, Trainer, build_optimizers, evaluate
+from tests.support.model_data import (  # noqa: F401
+    FIELDS,
+    TASKS,
+    RecordingLogger,
+    RowDataset,
+    World,
+    iterate,
+    model_config,
+    one_torch_thread,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
