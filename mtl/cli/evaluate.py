@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 from typing import Optional
 
@@ -17,6 +18,18 @@ def chosen_version(cfg: Config, ds: dt.date, version: Optional[str], trained_for
     return require_trained_version(cfg, ds) if trained_for_ds else version
 
 
+def add_version_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """--model VERSION or --trained-for-ds: how evaluate and publish choose the version (``chosen_version``)."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="VERSION", help=f"registered version to {verb} (default: the latest)")
+    which.add_argument(
+        "--trained-for-ds",
+        action="store_true",
+        help=f"{verb} the newest version trained for --ds (what train --ds registered or reused), "
+        "not the latest registered; the daily DAG passes it",
+    )
+
+
 def evaluate_step(
     spark, cfg: Config, ds: dt.date, version: Optional[str] = None, trained_for_ds: bool = False
 ) -> EvaluationResult:
@@ -30,14 +43,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "an HTML report next to the artifact, the version's MLflow run. Publishes nothing (see mtl-publish).",
         ds_required=True,
     )
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--model", metavar="VERSION", help="registered version to evaluate (default: the latest)")
-    which.add_argument(
-        "--trained-for-ds",
-        action="store_true",
-        help="evaluate the newest version trained for --ds (what train --ds registered or reused), "
-        "not the latest registered; the daily DAG passes it",
-    )
+    add_version_arguments(parser, "evaluate")
     args = parser.parse_args(argv)
 
     def body(cfg: Config) -> str:

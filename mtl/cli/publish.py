@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Optional
 
 from mtl.cli.common import job_parser, run_job
-from mtl.cli.evaluate import chosen_version
+from mtl.cli.evaluate import add_version_arguments, chosen_version
 from mtl.config import Config
 from mtl.evaluate.publish import PublishResult, run_publish, summarize
 
@@ -32,14 +32,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "A version older than the champion (a rerun of an earlier ds) is skipped: exit 0, nothing changed.",
         ds_required=True,
     )
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--model", metavar="VERSION", help="registered version to publish (default: the latest)")
-    which.add_argument(
-        "--trained-for-ds",
-        action="store_true",
-        help="publish the newest version trained for --ds (what train --ds registered or reused), "
-        "not the latest registered; the daily DAG passes it",
-    )
+    add_version_arguments(parser, "publish")
     parser.add_argument(
         "--allow-older",
         action="store_true",

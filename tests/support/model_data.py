@@ -20,7 +20,7 @@ import torch
 from mtl.models.model_config import ModelConfig, load_model_config
 from mtl.schema import MISSING_LABEL, Field
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONF = ROOT / "conf" / "models"
 HISTORY = 5
 
