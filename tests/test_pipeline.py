@@ -11,11 +11,10 @@ from pyspark.sql import functions as F
 from mtl import registry
 from mtl.cli.pipeline import StepFailed, main, run_day
 from mtl.config import load_config
-from mtl.generate.job import run_generate
 from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
 from tests.conftest import LOCAL_CONF
 from tests.support.tables import read_table, runs
-from tests.support.worlds import START, world_overrides
+from tests.support.worlds import START, build_world, world_overrides
 
 D1 = START + dt.timedelta(days=8)
 D2 = D1 + dt.timedelta(days=1)
@@ -37,8 +36,10 @@ def pipeline_world(spark, tmp_path_factory):
         "gate.metrics=[{task: click, metric: auc, floor: 0.5}]",
         "evaluation.baselines=[popularity, category_popularity, recency_frequency]",
     )
-    cfg = load_config(LOCAL_CONF, overrides)
-    run_generate(spark, cfg)
+    # The days before D1 come from the session's world of this flavour (test_train.py's): the chain
+    # ingests the log again (nothing new) and builds D1 itself. feature_days' choice of pending days
+    # is tested in test_pipeline_policy.py.
+    cfg = build_world(spark, load_config(LOCAL_CONF, overrides), [D1 - dt.timedelta(days=k) for k in (3, 2, 1)])
     return cfg, overrides
 
 
