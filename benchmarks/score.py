@@ -9,7 +9,8 @@ measure those jobs instead; see benchmarks/features.py):
 - item_features: N items over C categories;
 - user_category_features: 5 categories per user; user_item_features: the 20 history items per
   user, 2 of them bought within the repurchase look-back (so 2 item and up to 2 category
-  repurchase rows per user).
+  repurchase rows per user);
+- candidates: the 20 history items as re-visits and the same 50 popular items for every user.
 
 The model is conf/models/mmoe.yaml at its production sizes (16-dim embeddings, 200k hash
 buckets, a 32-dim two-tower head) with its random initial weights, registered as the champion:
@@ -49,10 +50,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from mtl.score.candidates import blocked_top_m, retrieval_flops  # noqa: E402
+from mtl.recommend.top_m import blocked_top_m, retrieval_flops  # noqa: E402
 
 DS = dt.date(2024, 3, 10)
 HISTORY = 20
+POPULAR = 50  # popular candidates per user in the synthetic candidates table
 
 
 def matmul_flops(threads: int, size: int = 2048, repeats: int = 5) -> float:
@@ -100,8 +102,9 @@ def write_tables(spark, cfg, users: int, items: int, categories: int) -> None:
     from pyspark.sql import functions as F
 
     from mtl import delta_io
+    from mtl.candidates.sources import top_per, union
     from mtl.schema import ITEM_DENSE, USER_CATEGORY_DENSE, USER_DENSE, USER_ITEM_DENSE
-    from mtl.tables import ITEM_FEATURES, USER_CATEGORY_FEATURES, USER_FEATURES, USER_ITEM_FEATURES
+    from mtl.tables import CANDIDATES, ITEM_FEATURES, USER_CATEGORY_FEATURES, USER_FEATURES, USER_ITEM_FEATURES
 
     def dense(names, seed: int, **fixed):
         """Heavy-tailed non-negative values, like counts; ``fixed`` columns as given."""
@@ -181,11 +184,31 @@ def write_tables(spark, cfg, users: int, items: int, categories: int) -> None:
         .dropDuplicates(["user_id", "category_id"])
     )
     assert set(USER_ITEM_DENSE) <= set(user_item_df.columns)
+    # Candidates like build_features writes: the user's history items as re-visits, the same
+    # POPULAR items for everyone.
+    revisits = pairs.select(
+        "user_id",
+        F.concat(F.lit("i"), F.col("item_index").cast("string")).alias("item_id"),
+        (1.0 / F.col("slot")).alias("score"),
+    ).dropDuplicates(["user_id", "item_id"])
+    popular = spark.range(users).select(
+        F.concat(F.lit("u"), F.col("id").cast("string")).alias("user_id"),
+        F.explode(F.sequence(F.lit(0), F.lit(POPULAR - 1))).alias("p"),
+    )
+    popular = popular.select(
+        "user_id",
+        F.concat(F.lit("i"), F.col("p").cast("string")).alias("item_id"),
+        (1.0 / (1 + F.col("p"))).alias("score"),
+    )
+    candidates_df = union(
+        {name: top_per(df, "user_id", HISTORY + POPULAR) for name, df in (("revisits", revisits), ("popular", popular))}
+    ).withColumn("ds", ds)
     for spec, df in (
         (ITEM_FEATURES, item_df),
         (USER_FEATURES, user_df),
         (USER_ITEM_FEATURES, user_item_df),
         (USER_CATEGORY_FEATURES, user_cat_df),
+        (CANDIDATES, candidates_df),
     ):
         delta_io.replace_partition(spark, df, spec, spec.path(cfg.storage), DS)
 
@@ -236,6 +259,7 @@ def main() -> int:
 
     from mtl.config import load_config
     from mtl.features.assemble import user_inputs
+    from mtl.recommend import lists
     from mtl.score import job
     from mtl.spark import build_spark
 
@@ -273,17 +297,17 @@ def main() -> int:
         (work / "_READY").touch()
         print(f"synthetic tables and model written in {time.perf_counter() - start:.0f}s", flush=True)
 
-    ctx = job.prepare(spark, cfg, DS)
+    ctx = lists.prepare(spark, cfg, DS, job.load_published(cfg), lists.read_features(spark, cfg, DS))
     start = time.perf_counter()
-    catalogue = job.embed_catalogue(ctx)
+    catalogue = lists.embed_catalogue(ctx)
     out["embed_catalogue_s"] = time.perf_counter() - start
     dim = catalogue.vectors.shape[1]
 
     # The kernel alone, one thread, real vectors.
-    users = job.active_users(ctx)
+    users = lists.active_users(ctx)
     sample = user_inputs(users.limit(args.kernel_users), ctx.defaults).toPandas()
     from mtl.models.artifacts import load_model
-    from mtl.score.workers import model_batch
+    from mtl.recommend.workers import model_batch
 
     model = load_model(ctx.shipment.value.artifact)
     with torch.inference_mode():
@@ -316,7 +340,7 @@ def main() -> int:
     for _ in range(args.repeats):
         scan_seconds = spark.sparkContext.accumulator(0.0)
         start = time.perf_counter()
-        job.candidates(ctx, catalogue_bc, users, scan_seconds).write.format("noop").mode("overwrite").save()
+        lists.two_tower(ctx, catalogue_bc, users, scan_seconds).write.format("noop").mode("overwrite").save()
         attempts.append((time.perf_counter() - start, scan_seconds.value))
         machine.append(matmul_flops(os.cpu_count()))
         print(

@@ -25,7 +25,13 @@ TOP_CATEGORIES = 3  # a user's favourite categories over the rate window
 
 PAD_HASH = 0  # value of a missing id and of sequence padding
 
-ROW_KINDS: tuple[str, ...] = ("exposure", "repurchase_item", "repurchase_category")
+# Where a recommendation candidate comes from (mtl.candidates.sources); the candidates table has
+# a rank and a score column per model-free source, and two_tower joins them at scoring time.
+TABLE_CANDIDATE_SOURCES: tuple[str, ...] = ("revisits", "item_neighbours", "popular", "category_popular")
+CANDIDATE_SOURCES: tuple[str, ...] = (*TABLE_CANDIDATE_SOURCES, "two_tower")
+
+ROW_KINDS: tuple[str, ...] = ("exposure", "repurchase_item", "repurchase_category", "candidate")
+REPURCHASE_ROW_KINDS: tuple[str, ...] = ("repurchase_item", "repurchase_category")
 
 Side = Literal["user", "item", "pair"]
 Kind = Literal["categorical", "sequence", "dense"]

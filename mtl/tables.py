@@ -235,21 +235,27 @@ TRAINING_EXAMPLES = TableSpec(
     name="training_examples",
     comment=(
         "Model rows for ds: features as of ds (events strictly before ds), labels from ds on. "
-        "row_kind exposure carries click/purchase; repurchase_item/repurchase_category carry repurchase_<N>d."
+        "row_kind exposure carries click/purchase; candidate (the day's candidates, mtl/candidates/pool.py) "
+        "click/purchase from the day's interactions; repurchase_item/repurchase_category carry repurchase_<N>d."
     ),
     partition_by=("ds",),
     columns=(
         Column("user_id", T.StringType(), False, "User id."),
         Column("item_id", T.StringType(), True, "Item id (null on repurchase_category rows)."),
         Column("category_id", T.StringType(), True, "Category id (the item's, or the row's category)."),
-        Column("row_kind", T.StringType(), False, "exposure, repurchase_item or repurchase_category."),
+        Column("row_kind", T.StringType(), False, "exposure, repurchase_item, repurchase_category or candidate."),
         Column(
             "is_sampled_negative", T.BooleanType(), False, "True for negatives sampled for a log without impressions."
         ),
         Column("user_hash", T.LongType(), False, "xxhash64 of user_id (0 if missing): the model's id input."),
         Column("item_hash", T.LongType(), False, "xxhash64 of item_id (0 if missing)."),
         Column("category_hash", T.LongType(), False, "xxhash64 of category_id (0 if missing)."),
-        Column("row_kind_code", T.LongType(), False, "1, 2, 3 for exposure, repurchase_item, repurchase_category."),
+        Column(
+            "row_kind_code",
+            T.LongType(),
+            False,
+            "1, 2, 3, 4 for exposure, repurchase_item, repurchase_category, candidate.",
+        ),
         Column(
             "hist_item_hashes",
             _HASH_ARRAY,
@@ -312,6 +318,66 @@ FEATURE_TABLES = (
     USER_ITEM_FEATURES,
     TRAINING_EXAMPLES,
     FEATURE_STATS,
+)
+
+ITEM_NEIGHBOURS = TableSpec(
+    name="item_neighbours",
+    comment=(
+        "Customers who interacted with this item also interacted with: the top neighbours per item by "
+        "co-visitation in the candidates.window_days before ds (mtl/candidates/sources.py), written by "
+        "build_features. A rerun for a ds replaces its partition."
+    ),
+    partition_by=("ds",),
+    columns=(
+        DS,
+        Column("item_id", T.StringType(), False, "The item."),
+        Column("neighbour_id", T.StringType(), False, "An item co-visited with it (never the item itself)."),
+        Column("rank", T.IntegerType(), False, "1 is the closest neighbour; 1..n without gaps per item."),
+        Column(
+            "score",
+            T.DoubleType(),
+            False,
+            "Co-visitation strength: per co-visiting user sqrt(w_item x w_neighbour) / ln(2 + the user's items), "
+            "summed, over sqrt(users of the item x users of the neighbour).",
+        ),
+        Column("co_users", T.IntegerType(), False, "Users who interacted with both within the co-visitation window."),
+    ),
+)
+
+CANDIDATES = TableSpec(
+    name="candidates",
+    comment=(
+        "Per active user, the items the model-free sources propose for ds (as of ds), one row per (user, item) "
+        "with each source's rank and score, written by build_features. The score job adds the model's two-tower "
+        "top-M and ranks the union with the multi-task heads."
+    ),
+    partition_by=("ds",),
+    columns=(
+        DS,
+        Column("user_id", T.StringType(), False, "User id."),
+        Column("item_id", T.StringType(), False, "Proposed item."),
+        Column(
+            "sources",
+            _ID_ARRAY,
+            False,
+            f"The sources that proposed the item, of {', '.join(fs.TABLE_CANDIDATE_SOURCES)}.",
+        ),
+        *(
+            column
+            for source in fs.TABLE_CANDIDATE_SOURCES
+            for column in (
+                Column(
+                    f"{source}_rank", T.IntegerType(), True, f"Rank of the item in the {source} source; null if absent."
+                ),
+                Column(
+                    f"{source}_score",
+                    T.DoubleType(),
+                    True,
+                    f"Score of the item in the {source} source; null if absent.",
+                ),
+            )
+        ),
+    ),
 )
 
 MODEL_METRICS = TableSpec(
@@ -424,7 +490,17 @@ REPURCHASE_PREDICTIONS = TableSpec(
 
 SCORE_TABLES = (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS)
 
-ALL_TABLES = (EVENTS, EVENTS_QUARANTINE, PIPELINE_RUNS, *FEATURE_TABLES, MODEL_METRICS, *SCORE_TABLES)
+CANDIDATE_TABLES = (ITEM_NEIGHBOURS, CANDIDATES)
+
+ALL_TABLES = (
+    EVENTS,
+    EVENTS_QUARANTINE,
+    PIPELINE_RUNS,
+    *FEATURE_TABLES,
+    *CANDIDATE_TABLES,
+    MODEL_METRICS,
+    *SCORE_TABLES,
+)
 
 
 def markdown_docs() -> str:

@@ -104,7 +104,28 @@ def test_shipped_config_is_valid_and_gates_every_headline_task(make_config):
     check_evaluation_config(cfg)
     gated = {(m.task, m.metric, m.k) for m in cfg.gate.metrics}
     assert {("click", "auc", None), ("purchase", "auc", None), ("retrieval", "recall", 20)} <= gated
+    assert {(m.task, m.metric, m.k) for m in cfg.gate.metrics if m.versus_baselines} == {
+        ("recommendations", "recall", 20),
+        ("recommendations", "ndcg", 20),
+    }
     with pytest.raises(ConfigError, match="evaluation.ks"):
         check_evaluation_config(make_config("evaluation.ks=[]"))
     with pytest.raises(ConfigError, match=r"unknown config key 'gate.metrics\[0\].flor' \(did you mean 'floor'"):
         make_config("gate.metrics=[{task: click, metric: auc, flor: 0.6}]")
+
+
+def test_the_published_list_must_not_lose_to_the_best_baseline():
+    key = ("recommendations", "recall", 20)
+    gate = GateConfig(tolerance=0.01, metrics=[GatedMetric(*key, floor=0.01, versus_baselines=True)])
+    baselines = {"popularity": {key: 0.40}, "als": {key: 0.30}, "revisits": {key: None}}
+    assert decide({key: 0.395}, None, gate, None, baselines).passed  # within the tolerance of the best
+    decision = decide({key: 0.35}, None, gate, None, baselines)
+    assert not decision.passed
+    (check,) = decision.checks
+    assert (check.baseline, check.baseline_value) == ("popularity", 0.40)
+    assert "worse than the baseline popularity (0.4000) by more than 0.01" in decision.failures[0]
+    # without a baseline value the model cannot be shown to win
+    assert not decide({key: 0.9}, None, gate, None, {"als": {key: None}}).passed
+    # a metric that does not ask for it ignores the baselines
+    plain = GateConfig(metrics=[GatedMetric(*key, floor=0.01)])
+    assert decide({key: 0.35}, None, plain, None, baselines).passed

@@ -16,7 +16,19 @@ import pytest
 
 MTL = Path(__file__).resolve().parents[1] / "mtl"
 # The chain, in the order it runs; a package may import only those at or before its own place.
-STAGES = ("generate", "ingest", "features", "data", "train", "evaluate", "score", "pipeline", "cli")
+STAGES = (
+    "generate",
+    "ingest",
+    "candidates",
+    "features",
+    "data",
+    "train",
+    "recommend",
+    "evaluate",
+    "score",
+    "pipeline",
+    "cli",
+)
 FOUNDATION_PACKAGES = ("config", "models")
 
 

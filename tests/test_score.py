@@ -27,12 +27,13 @@ from mtl.features.job import build_features
 from mtl.models.artifacts import load_model, read_feature_stats, register_model
 from mtl.models.model import build_model
 from mtl.models.model_config import load_model_config
+from mtl.recommend.lists import read_features
+from mtl.recommend.rank import repurchasable_categories, score_column
+from mtl.recommend.workers import USER_TOWER_COLUMNS, dense_defaults, model_batch, user_batch
 from mtl.schema import model_fields
-from mtl.score.job import read_features, run_score
+from mtl.score.job import run_score
 from mtl.score.output_checks import OutputCheckError, check_recommendations, check_repurchase
-from mtl.score.rank import repurchasable_categories, score_column
-from mtl.score.workers import USER_TOWER_COLUMNS, dense_defaults, model_batch, user_batch
-from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
+from mtl.tables import CANDIDATES, DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
 from tests.conftest import LOCAL_CONF, ROOT, TEST_OVERRIDES
 from tests.support.tables import read_table, runs, write_events
 
@@ -131,8 +132,12 @@ def _plain(spark, cfg, rows: list[tuple]):
 
 def _reference(spark, cfg, catalogue: dict[str, str], m: int, k: int, drop=frozenset(), cap=None):
     """user -> [(item, score, p_click, p_purchase)]: top-m by inner product over the catalogue,
-    then score = p_click (alpha 1, beta 0: pCTR x pCVR = p_purchase unless capped), cap, top k."""
-    rows = [(u, i, c, "exposure") for u in ACTIVE for i, c in catalogue.items()]
+    joined with the user's rows of the candidates table (catalogue items only), then score =
+    p_click (alpha 1, beta 0: pCTR x pCVR = p_purchase unless capped), cap, top k."""
+    proposed = {
+        (r.user_id, r.item_id) for r in read_table(spark, cfg, CANDIDATES).where(F.col("ds") == F.lit(D)).collect()
+    }
+    rows = [(u, i, c, "candidate") for u in ACTIVE for i, c in catalogue.items()]
     inputs, user_vec, item_vec, probs = _plain(spark, cfg, rows)
     retrieval = (user_vec * item_vec).sum(1).numpy()
     p_click, p_purchase = probs["click"].numpy().astype(float), probs["purchase"].numpy().astype(float)
@@ -140,7 +145,8 @@ def _reference(spark, cfg, catalogue: dict[str, str], m: int, k: int, drop=froze
     out = {}
     for user in ACTIVE:
         at = np.flatnonzero(inputs["user_id"].to_numpy() == user)
-        candidates = at[np.argsort(-retrieval[at], kind="stable")][:m]
+        retrieved = set(at[np.argsort(-retrieval[at], kind="stable")][:m])
+        candidates = [r for r in at if r in retrieved or (user, inputs["item_id"][r]) in proposed]
         kept = [r for r in candidates if (user, inputs["item_id"][r]) not in drop]
         kept.sort(key=lambda r: (-score[r], inputs["item_id"][r]))
         per_category: dict[str, int] = {}
@@ -229,7 +235,13 @@ def test_recommendations_and_repurchase_equal_plain_pytorch(spark, world):
     assert record.status == "succeeded" and record.model_version == version
     assert (record.input_rows, record.output_rows) == (5, 20)
     assert set(record.tables_written) == {"daily_recommendations", "repurchase_predictions"}
-    assert set(record.tables_read) == {"user_features", "item_features", "user_category_features", "user_item_features"}
+    assert set(record.tables_read) == {
+        "user_features",
+        "item_features",
+        "user_category_features",
+        "user_item_features",
+        "candidates",
+    }
 
     # Comments for analysts on both tables and every column.
     for spec in (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS):

@@ -42,7 +42,7 @@ from mtl.cli.score import score_step
 from mtl.cli.train import train_step
 from mtl.config import Config, ConfigError
 from mtl.errors import JobError
-from mtl.evaluate.model_metrics import RETRIEVAL
+from mtl.evaluate.model_metrics import RECOMMENDATIONS, RETRIEVAL
 from mtl.evaluate.publish import GateRefused
 from mtl.evaluate.publish import summarize as publish_summary
 from mtl.features.job import date_range
@@ -160,7 +160,9 @@ def run_day(spark, cfg: Config, ds: dt.date, start_at: str = STEPS[0], retrain: 
 def _metric_lines(rows) -> list[str]:
     """The headline of the evaluation: per task, the model's AUC (Recall@20 for retrieval) and the
     best baseline's."""
-    wanted = {(RETRIEVAL, "recall", 20)} | {(r.task, "auc", None) for r in rows if r.metric == "auc"}
+    wanted = {(RETRIEVAL, "recall", 20), (RECOMMENDATIONS, "recall", 20)} | {
+        (r.task, "auc", None) for r in rows if r.metric == "auc"
+    }
     out = []
     for task, metric, k in sorted(wanted, key=str):
         values = {

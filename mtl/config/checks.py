@@ -6,6 +6,7 @@ import datetime as dt
 
 from mtl.config.loader import ConfigError
 from mtl.config.sections import CANONICAL_EVENT_TYPES, MAPPABLE_FIELDS, REQUIRED_FIELDS, Config
+from mtl.schema import CANDIDATE_SOURCES, INTERACTION_TYPES
 
 
 def check_config(cfg: Config) -> None:
@@ -98,6 +99,7 @@ def check_config(cfg: Config) -> None:
         for key in ("source_time_zone", "business_time_zone"):
             _check_time_zone(getattr(fmt, key), f"{base}.{key}")
     _check_scoring(cfg)
+    _check_candidates(cfg)
 
 
 def _check_time_zone(name: str, key: str) -> None:
@@ -141,3 +143,35 @@ def _check_scoring(cfg: Config) -> None:
         raise ConfigError(
             "scoring.items.path: required when scoring.items.available_column or available_from_column is set"
         )
+
+
+def _check_candidates(cfg: Config) -> None:
+    cc = cfg.candidates
+    for key in ("window_days", "recent_items", "top_categories"):
+        if getattr(cc, key) < 1:
+            raise ConfigError(f"candidates.{key}: must be at least 1")
+    for key in ("revisits", "item_neighbours", "popular", "category_popular", "negatives_per_positive"):
+        if getattr(cc, key) < 0:
+            raise ConfigError(f"candidates.{key}: must not be negative (0 turns the source off)")
+    if not any(getattr(cc, key) for key in ("revisits", "item_neighbours", "popular", "category_popular")):
+        raise ConfigError("candidates: every source is off (revisits, item_neighbours, popular, category_popular: 0)")
+    if cc.window_days > cfg.features.history_days:
+        raise ConfigError("candidates.window_days: must not exceed features.history_days")
+    if cc.recency_half_life_days <= 0:
+        raise ConfigError("candidates.recency_half_life_days: must be positive")
+    unknown = sorted(set(cc.event_weights) - set(INTERACTION_TYPES))
+    if unknown:
+        raise ConfigError(f"candidates.event_weights: {unknown} are not interaction types {list(INTERACTION_TYPES)}")
+    if not cc.event_weights or min(cc.event_weights.values()) <= 0:
+        raise ConfigError("candidates.event_weights: give at least one event type, each with a positive weight")
+    unknown = sorted(set(cc.fusion_weights) - set(CANDIDATE_SOURCES))
+    if unknown:
+        raise ConfigError(f"candidates.fusion_weights: {unknown} are not sources {list(CANDIDATE_SOURCES)}")
+    if min(cc.fusion_weights.values(), default=0.0) < 0 or cc.fusion_rank_offset < 0:
+        raise ConfigError("candidates.fusion_weights and fusion_rank_offset: must not be negative")
+    cv = cc.co_visitation
+    if cv.window_hours <= 0:
+        raise ConfigError("candidates.co_visitation.window_hours: must be positive")
+    for key in ("max_items_per_user", "neighbours_per_item"):
+        if getattr(cv, key) < 1:
+            raise ConfigError(f"candidates.co_visitation.{key}: must be at least 1")

@@ -259,6 +259,9 @@ class GatedMetric:
     tolerance: Optional[float] = None
     # false: a metric without a value (its labels are not observed yet) is skipped, not failed.
     required: bool = True
+    # true: also no more than the tolerance worse than the best baseline's value on the same
+    # rows (every model_kind of the evaluation that is not a model version).
+    versus_baselines: bool = False
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,58 @@ class GateConfig:
 
     tolerance: float = 0.01
     metrics: list[GatedMetric] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CoVisitationConfig:
+    """item_neighbours: items one user interacted with close together in time, as of ds."""
+
+    # Two interactions of a user at most this many hours apart co-visit.
+    window_hours: float = 24.0
+    # Only each user's latest distinct items count (bounds the per-user pairs at its square).
+    max_items_per_user: int = 50
+    # Neighbours kept per item in item_neighbours.
+    neighbours_per_item: int = 20
+
+
+@dataclass(frozen=True)
+class CandidatesConfig:
+    """The build_candidates job: per active user, items proposed by cheap sources as of ds
+    (docs in conf/base.yaml and mtl/candidates/sources.py)."""
+
+    # Interactions of this many days before ds feed every source.
+    window_days: int = 30
+    # An interaction's weight halves every this many days of age (1 = the day before ds).
+    recency_half_life_days: float = 3.0
+    # Weight of one interaction by event type; a type not listed does not count.
+    event_weights: dict[str, float] = field(
+        default_factory=lambda: {"view": 1.0, "click": 1.0, "fav": 2.0, "cart": 3.0, "purchase": 3.0}
+    )
+    # Most candidates per user from each source.
+    revisits: int = 50
+    item_neighbours: int = 100
+    popular: int = 50
+    category_popular: int = 30
+    # The user's latest items whose neighbours are proposed, and the user's categories whose
+    # popular items are.
+    recent_items: int = 10
+    top_categories: int = 3
+    co_visitation: CoVisitationConfig = field(default_factory=CoVisitationConfig)
+    # The hand-made rule of the source_union baseline: score = sum over sources of
+    # weight / (rank_offset + rank in that source).
+    fusion_weights: dict[str, float] = field(
+        default_factory=lambda: {
+            "revisits": 1.0,
+            "item_neighbours": 0.6,
+            "two_tower": 0.4,
+            "category_popular": 0.3,
+            "popular": 0.2,
+        }
+    )
+    fusion_rank_offset: float = 10.0
+    # Training rows of row_kind candidate per day: every candidate the user interacted with on
+    # the day, and about this many candidates without an interaction per such one (0: none).
+    negatives_per_positive: int = 10
 
 
 @dataclass(frozen=True)
@@ -317,7 +372,7 @@ class ScoringConfig:
     users_per_batch: int = 512
     # score = pCTR x pCVR^alpha x price^beta, pCVR = min(p_purchase / p_click, 1); prices below
     # min_price (0 is unknown) count as min_price.
-    alpha: float = 1.0
+    alpha: float = 0.0
     beta: float = 0.0
     min_price: float = 1.0
     filters: ScoringFiltersConfig = field(default_factory=ScoringFiltersConfig)
@@ -347,6 +402,7 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
     # The model's own YAML (architecture, embeddings, optimiser, trainer): in a file, relative to
     # that file's folder; in --set, to the working folder.
     model_config: str = "conf/models/mmoe.yaml"

@@ -40,7 +40,13 @@ from mtl.config import Config
 from mtl.evaluate.data import RankingTask, Split
 from mtl.evaluate.model_metrics import BinaryTask, score_column
 from mtl.evaluate.predict import ScoreTile, inner_product
-from mtl.schema import INTERACTION_TYPES, RATE_WINDOW_DAYS, REPURCHASE_HORIZONS_DAYS, dense_columns
+from mtl.schema import (
+    INTERACTION_TYPES,
+    RATE_WINDOW_DAYS,
+    REPURCHASE_HORIZONS_DAYS,
+    REPURCHASE_ROW_KINDS,
+    dense_columns,
+)
 from mtl.tables import EVENTS
 
 log = logging.getLogger(__name__)
@@ -202,7 +208,7 @@ def _tabular_inputs(df: DataFrame) -> DataFrame:
 
 def _population(task: BinaryTask) -> Column:
     if task.population == "repurchase":
-        return F.col("row_kind") != "exposure"
+        return F.col("row_kind").isin(*REPURCHASE_ROW_KINDS)
     return F.col("row_kind") == "exposure"
 
 

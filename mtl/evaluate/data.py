@@ -132,6 +132,8 @@ class RankingTask:
     items: np.ndarray  # the catalogue: items with features as of ds
     item_categories: np.ndarray
     relevant: M.Relevance
+    # The items clicked on ds, seen before or not: what a published list is measured against.
+    clicked: M.Relevance
     # (user rows, catalogue indices) that must not be recommended (exclude_seen)
     exclude: Optional[tuple[np.ndarray, np.ndarray]]
     clicking_users: int  # users with a click on ds, before sampling down to ranking_users
@@ -153,7 +155,9 @@ def ranking_task(split: Split, cfg: Config) -> RankingTask:
     seen = None
     if cfg.evaluation.exclude_seen:
         seen = split.user_items.select("user_id", "item_id").join(chosen, "user_id").toPandas()
-    relevant, exclude = index_pairs(users, items, positives.join(chosen, "user_id").toPandas(), seen)
+    clicked_pairs = positives.join(chosen, "user_id").toPandas()
+    relevant, exclude = index_pairs(users, items, clicked_pairs, seen)
+    clicked = relevant if seen is None else index_pairs(users, items, clicked_pairs, None)[0]
 
     none, exposure = F.lit(None).cast("string"), F.lit("exposure").alias("row_kind")
     features = (split.users, split.items, split.user_categories, split.user_items, split.defaults)
@@ -169,6 +173,7 @@ def ranking_task(split: Split, cfg: Config) -> RankingTask:
         items=items,
         item_categories=catalogue["category_id"].to_numpy(dtype=object),
         relevant=relevant,
+        clicked=clicked,
         exclude=exclude,
         clicking_users=clicking_users,
         relevant_outside_catalogue=int(np.count_nonzero(relevant.item >= len(items))),

@@ -14,10 +14,10 @@ from typing import Optional
 
 from mtl.config import Config, ConfigError, GateConfig, GatedMetric
 from mtl.evaluate.model_metrics import (
+    LIST_TASKS,
     PROBABILITY_METRICS,
     RANK_METRICS,
     RANKING_METRICS,
-    RETRIEVAL,
     TASK_NAMES,
 )
 
@@ -33,6 +33,9 @@ class Check:
     champion_value: Optional[float]
     passed: bool
     reason: str
+    # versus_baselines: the best baseline and its value
+    baseline: Optional[str] = None
+    baseline_value: Optional[float] = None
 
     def as_dict(self) -> dict:
         m = self.metric
@@ -42,6 +45,8 @@ class Check:
             "k": m.k,
             "value": self.value,
             "champion_value": self.champion_value,
+            "baseline": self.baseline,
+            "baseline_value": self.baseline_value,
             "passed": self.passed,
             "reason": self.reason,
         }
@@ -80,7 +85,7 @@ def check_gate_config(gate: GateConfig, ks: list[int]) -> None:
         where = f"gate.metrics[{i}]"
         if m.task not in TASK_NAMES:
             raise ConfigError(f"{where}.task: {m.task!r} is not one of {list(TASK_NAMES)}")
-        if m.task == RETRIEVAL:
+        if m.task in LIST_TASKS:
             allowed = RANKING_METRICS + ("mrr",)
             needs_k = m.metric != "mrr"
         else:
@@ -111,22 +116,42 @@ def decide(
     champion: Optional[Mapping[MetricKey, Optional[float]]],
     gate: GateConfig,
     champion_version: Optional[str] = None,
+    baselines: Optional[Mapping[str, Mapping[MetricKey, Optional[float]]]] = None,
 ) -> GateDecision:
-    """Check each gated metric of ``candidate`` (values by (task, metric, k)) against its bound and
-    against ``champion`` (None when nothing is published yet)."""
-    checks = tuple(_check(m, candidate, champion, gate.tolerance, champion_version) for m in gate.metrics)
+    """Check each gated metric of ``candidate`` (values by (task, metric, k)) against its bound,
+    against ``champion`` (None when nothing is published yet) and, where the metric says
+    versus_baselines, against the best of ``baselines`` (model_kind -> values)."""
+    checks = tuple(
+        _check(m, candidate, champion, gate.tolerance, champion_version, baselines or {}) for m in gate.metrics
+    )
     return GateDecision(checks, champion_version)
 
 
-def _check(m: GatedMetric, candidate, champion, default_tolerance: float, champion_version: Optional[str]) -> Check:
+def _check(
+    m: GatedMetric,
+    candidate,
+    champion,
+    default_tolerance: float,
+    champion_version: Optional[str],
+    baselines: Mapping[str, Mapping[MetricKey, Optional[float]]],
+) -> Check:
     key = (m.task, m.metric, m.k)
     name = metric_name(m)
     value = candidate.get(key)
     best = champion.get(key) if champion is not None else None
+    rival, rival_value = _best_baseline(m.metric, key, baselines) if m.versus_baselines else (None, None)
     if value is None:
         if m.required:
-            return Check(m, None, best, False, f"{name}: no value on this ds (no labelled rows?), and it is required")
-        return Check(m, None, best, True, f"{name}: no value on this ds; not required, skipped")
+            return Check(
+                m,
+                None,
+                best,
+                False,
+                f"{name}: no value on this ds (no labelled rows?), and it is required",
+                rival,
+                rival_value,
+            )
+        return Check(m, None, best, True, f"{name}: no value on this ds; not required, skipped", rival, rival_value)
     problems = []
     if m.floor is not None and value < m.floor:
         problems.append(f"below the floor {m.floor:g}")
@@ -135,10 +160,26 @@ def _check(m: GatedMetric, candidate, champion, default_tolerance: float, champi
     tolerance = default_tolerance if m.tolerance is None else m.tolerance
     if best is not None and _worse_by(m.metric, value, best) > tolerance:
         problems.append(f"worse than the champion (version {champion_version}: {best:.4f}) by more than {tolerance:g}")
+    if m.versus_baselines and rival is None:
+        problems.append("no baseline value to compare with (versus_baselines), so the model cannot be shown to win")
+    elif rival is not None and _worse_by(m.metric, value, rival_value) > tolerance:
+        problems.append(f"worse than the baseline {rival} ({rival_value:.4f}) by more than {tolerance:g}")
     if problems:
-        return Check(m, value, best, False, f"{name} = {value:.4f}: {'; '.join(problems)}")
+        return Check(m, value, best, False, f"{name} = {value:.4f}: {'; '.join(problems)}", rival, rival_value)
     versus = f"; champion {best:.4f}" if best is not None else ""
-    return Check(m, value, best, True, f"{name} = {value:.4f}: within bounds{versus}")
+    if rival is not None:
+        versus += f"; best baseline {rival} {rival_value:.4f}"
+    return Check(m, value, best, True, f"{name} = {value:.4f}: within bounds{versus}", rival, rival_value)
+
+
+def _best_baseline(
+    metric: str, key: MetricKey, baselines: Mapping[str, Mapping[MetricKey, Optional[float]]]
+) -> tuple[Optional[str], Optional[float]]:
+    """The baseline whose value of ``key`` is best (None, None when none has one)."""
+    scored = [(kind, values[key]) for kind, values in sorted(baselines.items()) if values.get(key) is not None]
+    if not scored:
+        return None, None
+    return min(scored, key=lambda kv: _worse_by(metric, kv[1], 0.0))
 
 
 def _worse_by(metric: str, value: float, reference: float) -> float:

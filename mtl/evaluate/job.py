@@ -61,6 +61,7 @@ from mtl.evaluate.model_metrics import (
     write_metrics,
 )
 from mtl.evaluate.predict import ModelOutputs, ScoreTile, collect_model_scores, inner_product, model_vectors, top_k
+from mtl.evaluate.recommendation_lists import list_rows
 from mtl.evaluate.training_window import RETRIEVAL_TWIN, TrainingWindow
 from mtl.models.artifacts import load_model
 from mtl.models.model_config import ModelConfig
@@ -75,6 +76,9 @@ log = logging.getLogger(__name__)
 REPURCHASE_HORIZONS = {f"repurchase_{n}d": n for n in REPURCHASE_HORIZONS_DAYS}
 KEEP = ("row_kind", "user_id", "item_id", "category_id", "is_sampled_negative", *LABELS)
 TABULAR = ("logistic_regression", "gbt")
+# model_kinds that are model versions (the gate's baselines are every other kind).
+MODEL_KINDS = ("multi_task", "champion")
+BASELINE_TILES = ("popularity", "category_popularity", "als")
 REPORT_FILE = "report.html"
 
 
@@ -126,7 +130,7 @@ def run_evaluate(
         if len(task.users):
             events_version = delta_io.table_version(spark, EVENTS.path(cfg.storage))
             run.tables_read[EVENTS.name] = events_version
-            rankings, ranking_scorers = _rankings(
+            rankings, ranking_scorers, tiles = _rankings(
                 spark,
                 cfg,
                 split,
@@ -137,6 +141,18 @@ def run_evaluate(
             )
             for scorer in ranking_scorers:
                 rows += ranking_metric_rows(scorer, rankings[scorer.kind], task.relevant, cfg.evaluation.ks)
+            with _timed("recommendation lists"):
+                listable = {
+                    "multi_task": candidate if _can_recommend(candidate) else None,
+                    "champion": champion if champion is not None and _can_recommend(champion) else None,
+                }
+                if listable["multi_task"] is None:
+                    notes.append(
+                        f"recommendations: version {version} has no retrieval head or no click and purchase "
+                        "tasks, so it cannot make the published list: not evaluated"
+                    )
+                else:
+                    rows += list_rows(spark, cfg, ds, task, listable, tiles)[0]
         else:
             notes.append(f"retrieval: nobody clicked on {ds}: not evaluated")
 
@@ -150,6 +166,7 @@ def run_evaluate(
             metric_values(rows, "champion") if champion else None,
             cfg.gate,
             champion_version,
+            {kind: metric_values(rows, kind) for kind in {r.model_kind for r in rows} - set(MODEL_KINDS)},
         )
         history = read_metrics(spark, cfg, ds - dt.timedelta(days=cfg.evaluation.history_days), ds)
         page = report.render(
@@ -251,6 +268,11 @@ def _has_retrieval(artifact: Artifact) -> bool:
     return parse_typed(ModelConfig, artifact.model_config).retrieval.enabled
 
 
+def _can_recommend(artifact: Artifact) -> bool:
+    """A version's list needs its retrieval head and its click and purchase heads."""
+    return _has_retrieval(artifact) and {"click", "purchase"} <= set(_tasks(artifact))
+
+
 def _twins(
     spark,
     cfg: Config,
@@ -334,8 +356,9 @@ def _rankings(
     task: RankingTask,
     events_version: int,
     neural: dict[str, Optional[Artifact]],
-) -> tuple[dict[str, np.ndarray], list[Scorer]]:
-    """Top-max(K) lists over the catalogue of every retrieval scorer."""
+) -> tuple[dict[str, np.ndarray], list[Scorer], dict[str, ScoreTile]]:
+    """Top-max(K) lists over the catalogue of every retrieval scorer, and the baselines' score
+    tiles (their recommendation lists start from them)."""
     wanted = set(cfg.evaluation.baselines)
     k = max(cfg.evaluation.ks)
     tiles: dict[str, ScoreTile] = {}
@@ -373,7 +396,8 @@ def _rankings(
             kind,
             time.perf_counter() - started,
         )
-    return rankings, scorers
+    baselines = {kind: tile for kind, tile in tiles.items() if kind in BASELINE_TILES}
+    return rankings, scorers, baselines
 
 
 def _positions(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -429,7 +453,10 @@ def _log_to_model_run(cfg: Config, version: str, ds: dt.date, rows: list[MetricR
 
 
 def summarize(result: EvaluationResult) -> str:
-    headline = [(t.name, "auc", None) for t in BINARY_TASKS] + [("retrieval", "recall", 20)]
+    headline = [(t.name, "auc", None) for t in BINARY_TASKS] + [
+        ("retrieval", "recall", 20),
+        ("recommendations", "recall", 20),
+    ]
     by_kind: dict[str, dict] = {}
     for r in result.rows:
         by_kind.setdefault(r.model_kind, {})[r.key] = r.value

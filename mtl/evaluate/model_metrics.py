@@ -33,10 +33,14 @@ from mtl import delta_io
 from mtl import metric_functions as M
 from mtl.config import Config
 from mtl.delta_io import Commit
-from mtl.schema import REPURCHASE_HORIZONS_DAYS
+from mtl.schema import REPURCHASE_HORIZONS_DAYS, REPURCHASE_ROW_KINDS
 from mtl.tables import MODEL_METRICS
 
 RETRIEVAL = "retrieval"
+# The published list of ds and every baseline's list through the same filters
+# (mtl.evaluate.recommendation_lists), and the recall of the candidate sources it is made from.
+RECOMMENDATIONS = "recommendations"
+CANDIDATES = "candidates"
 Population = Literal["exposure", "clicked", "repurchase"]
 
 
@@ -53,7 +57,8 @@ BINARY_TASKS: tuple[BinaryTask, ...] = (
     BinaryTask("purchase_cvr", "purchase", "clicked"),
     *(BinaryTask(f"repurchase_{n}d", f"repurchase_{n}d", "repurchase") for n in REPURCHASE_HORIZONS_DAYS),
 )
-TASK_NAMES: tuple[str, ...] = tuple(t.name for t in BINARY_TASKS) + (RETRIEVAL,)
+TASK_NAMES: tuple[str, ...] = tuple(t.name for t in BINARY_TASKS) + (RETRIEVAL, RECOMMENDATIONS)
+LIST_TASKS = (RETRIEVAL, RECOMMENDATIONS)
 # Metrics that need probabilities; rank-only scorers (popularity, heuristics) get the others only.
 PROBABILITY_METRICS = ("log_loss", "calibration")
 RANK_METRICS = ("auc", "gauc")
@@ -94,7 +99,7 @@ def population_mask(frame: pd.DataFrame, task: BinaryTask) -> np.ndarray:
     """Rows of ``frame`` that belong to the task and have its label."""
     kind = frame["row_kind"].to_numpy()
     if task.population == "repurchase":
-        rows = kind != "exposure"
+        rows = np.isin(kind, REPURCHASE_ROW_KINDS)
     else:
         rows = kind == "exposure"
         if task.population == "clicked":
@@ -147,19 +152,19 @@ def binary_metric_rows(frame: pd.DataFrame, scorers: Iterable[Scorer]) -> list[M
 
 
 def ranking_metric_rows(
-    scorer: Scorer, ranked: np.ndarray, relevant: M.Relevance, ks: Sequence[int]
+    scorer: Scorer, ranked: np.ndarray, relevant: M.Relevance, ks: Sequence[int], task_name: str = RETRIEVAL
 ) -> list[MetricRow]:
     """Recall, NDCG and HitRate at each K and MRR over the whole list, for one scorer's lists."""
     values = M.ranking_metrics(ranked, relevant, ks)
     users = int(values["users"])
     rows = [
         MetricRow(
-            scorer.kind, RETRIEVAL, metric, int(k), _finite(values[f"{metric}_at_{k}"]), users, scorer.scored_version
+            scorer.kind, task_name, metric, int(k), _finite(values[f"{metric}_at_{k}"]), users, scorer.scored_version
         )
         for k in ks
         for metric in RANKING_METRICS
     ]
-    rows.append(MetricRow(scorer.kind, RETRIEVAL, "mrr", None, _finite(values["mrr"]), users, scorer.scored_version))
+    rows.append(MetricRow(scorer.kind, task_name, "mrr", None, _finite(values["mrr"]), users, scorer.scored_version))
     return rows
 
 

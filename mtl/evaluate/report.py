@@ -25,7 +25,9 @@ from mtl import metric_functions as M  # noqa: E402
 from mtl.evaluate.gate import GateDecision  # noqa: E402
 from mtl.evaluate.model_metrics import (  # noqa: E402
     BINARY_TASKS,
+    CANDIDATES,
     RANKING_METRICS,
+    RECOMMENDATIONS,
     RETRIEVAL,
     MetricRow,
     Scorer,
@@ -37,6 +39,10 @@ from mtl.evaluate.model_metrics import (  # noqa: E402
 KIND_ORDER = (
     "multi_task",
     "champion",
+    "source_union",
+    "revisits",
+    "item_neighbours",
+    "two_tower",
     "single_task",
     "logistic_regression",
     "gbt",
@@ -75,6 +81,12 @@ def render(data: ReportData) -> str:
         table = _binary_table(data.rows, task.name)
         if table:
             parts += [f"<h3>{_e(task.name)}</h3>", table]
+    lists = _ranking_table(data.rows, data.ks, RECOMMENDATIONS, ("coverage", "new_to_user"))
+    if lists:
+        parts += [f"<h3>{RECOMMENDATIONS} (the published list: candidates, ranking, filters, top K)</h3>", lists]
+    pool = _candidates_table(data.rows)
+    if pool:
+        parts += [f"<h3>{CANDIDATES} (recall of each source's candidates: what ranking can at best reach)</h3>", pool]
     ranking = _ranking_table(data.rows, data.ks)
     if ranking:
         parts += [f"<h3>{RETRIEVAL} (full catalogue)</h3>", ranking]
@@ -131,8 +143,10 @@ def _binary_table(rows: Sequence[MetricRow], task: str) -> str:
     return f"<table><tr><th>model</th>{head}<th>rows</th></tr>{''.join(body)}</table>"
 
 
-def _ranking_table(rows: Sequence[MetricRow], ks: Sequence[int]) -> str:
-    mine = [r for r in rows if r.task == RETRIEVAL]
+def _ranking_table(
+    rows: Sequence[MetricRow], ks: Sequence[int], task: str = RETRIEVAL, extra: Sequence[str] = ()
+) -> str:
+    mine = [r for r in rows if r.task == task]
     if not mine:
         return ""
     values = {(r.model_kind, r.metric, r.k): r.value for r in mine}
@@ -140,14 +154,26 @@ def _ranking_table(rows: Sequence[MetricRow], ks: Sequence[int]) -> str:
     columns = [(m, k) for m in RANKING_METRICS for k in ks] + [("mrr", None)]
     best = {c: max((values.get((kind, *c)) or 0.0) for kind in users) for c in columns}
     head = "".join(f"<th>{m}@{k}</th>" if k else f"<th>{m}</th>" for m, k in columns)
+    head += "".join(f"<th>{m}</th>" for m in extra)
     body = []
     for kind in _ordered(users):
         cells = ""
         for c in columns:
             value = values.get((kind, *c))
             cells += f"<td{' class=best' if value == best[c] and best[c] > 0 else ''}>{_fmt(value)}</td>"
+        cells += "".join(f"<td>{_fmt(values.get((kind, m, None)))}</td>" for m in extra)
         body.append(f"<tr><th>{_e(kind)}</th>{cells}<td>{users[kind]:,}</td></tr>")
     return f"<table><tr><th>model</th>{head}<th>users</th></tr>{''.join(body)}</table>"
+
+
+def _candidates_table(rows: Sequence[MetricRow]) -> str:
+    mine = {(r.model_kind, r.metric): r.value for r in rows if r.task == CANDIDATES}
+    sources = list(dict.fromkeys(kind for kind, _ in mine))
+    body = "".join(
+        f"<tr><th>{_e(s)}</th><td>{_fmt(mine.get((s, 'recall')))}</td><td>{_fmt(mine.get((s, 'per_user')))}</td></tr>"
+        for s in sources
+    )
+    return f"<table><tr><th>source</th><th>recall</th><th>candidates per user</th></tr>{body}</table>" if body else ""
 
 
 def _fmt(value: Optional[float]) -> str:

@@ -18,6 +18,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mtl import delta_io
+from mtl.candidates import pool
+from mtl.candidates.pool import CandidateFrames
 from mtl.config import Config
 from mtl.errors import InputError
 from mtl.features import examples as ex
@@ -26,9 +28,11 @@ from mtl.features.assemble import feature_defaults, model_inputs
 from mtl.run_record import RunRecorder
 from mtl.schema import dense_columns
 from mtl.tables import (
+    CANDIDATES,
     EVENTS,
     FEATURE_STATS,
     ITEM_FEATURES,
+    ITEM_NEIGHBOURS,
     TRAINING_EXAMPLES,
     USER_CATEGORY_FEATURES,
     USER_FEATURES,
@@ -58,6 +62,7 @@ class FeatureFrames:
     examples: DataFrame
     defaults: dict[str, float]
     exposure_source: str
+    candidates: CandidateFrames
 
 
 def compute(events: DataFrame, ds: dt.date, observed_until: Optional[dt.date], cfg: Config) -> FeatureFrames:
@@ -87,14 +92,18 @@ def compute(events: DataFrame, ds: dt.date, observed_until: Optional[dt.date], c
         negatives = ex.sampled_negatives(positives, day, ex.sampling_table(items, fc), ds, fc)
         exposures = positives.unionByName(negatives)
     rows = ex.repurchase_rows(pairs, user_cats, future, ds, observed_until, fc)
+    candidates = pool.compute(events, ds, cfg)
+    no_repurchase_labels = [F.lit(None).cast("int").alias(c) for c in ex.LABEL_HORIZON_COLUMNS.values()]
     if exposures is not None:
-        no_repurchase_labels = [F.lit(None).cast("int").alias(c) for c in ex.LABEL_HORIZON_COLUMNS.values()]
         rows = exposures.select("*", F.lit("exposure").alias("row_kind"), *no_repurchase_labels).unionByName(rows)
+        if cfg.candidates.negatives_per_positive > 0:
+            labelled = pool.training_rows(candidates.candidates, day, ds, cfg.candidates.negatives_per_positive)
+            rows = labelled.select("*", F.lit("candidate").alias("row_kind"), *no_repurchase_labels).unionByName(rows)
     user_items = tf.user_item_features(pairs)
     defaults = feature_defaults(priors, fc.history_days)
     passthrough = ("is_sampled_negative", "click", "purchase", *ex.LABEL_HORIZON_COLUMNS.values())
     examples = model_inputs(rows, users, items, user_cats, user_items, defaults, passthrough)
-    return FeatureFrames(users, items, user_cats, user_items, examples, defaults, source)
+    return FeatureFrames(users, items, user_cats, user_items, examples, defaults, source, candidates)
 
 
 def feature_stats(examples: DataFrame, defaults: dict[str, float]) -> list[dict]:
@@ -155,6 +164,8 @@ def build_features(spark: SparkSession, cfg: Config, ds: dt.date) -> FeatureResu
                 (USER_CATEGORY_FEATURES, frames.user_categories),
                 (USER_ITEM_FEATURES, frames.user_items),
                 (TRAINING_EXAMPLES, frames.examples),
+                (ITEM_NEIGHBOURS, frames.candidates.neighbours),
+                (CANDIDATES, frames.candidates.candidates),
             ):
                 log.info("ds %s: writing %s", ds, spec.name)
                 _record(

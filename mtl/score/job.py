@@ -1,21 +1,10 @@
 """The score job: the published model -> ``daily_recommendations`` and ``repurchase_predictions``
 for one ds.
 
-1. The model travels to the executors once, as one broadcast; each Python worker rebuilds it
-   once (``mtl.score.workers``).
-2. Catalogue: the item tower runs over the catalogue's model inputs on the executors; the
-   vectors (N x d float32, 12.8 MB for 100k items at d = 32) are collected once and broadcast
-   with the item ids. A broadcast needs no filesystem access from Python on any cluster
-   storage; at a few million items it is a few hundred MB per executor.
-3. Retrieval: the user tower's input columns of the active users, built from the user side
-   alone, in ``mapInArrow`` batches: user tower, then the exact blocked top-M over the broadcast
-   vectors (``mtl.score.candidates``); the M rows per user are built with Arrow takes, not
-   Python strings.
-4. Ranking: ``model_inputs`` joins the as-of-ds features onto the candidate pairs exactly as for
-   training; recently bought items go (unless repurchasable); the multi-task heads score the rest
-   in ``mapInPandas``; score formula, per-category cap and top K are window functions.
-5. Repurchase: the same heads on (user, item) and (user, category) pairs bought in the look-back.
-6. Both outputs are written once to a staging folder, checked there, and only then each replaces
+1. Recommendations: the published version's list of ds (``mtl.recommend.lists``: the two-tower
+   top-M and the candidates table, ranked by the multi-task heads, after the business filters).
+2. Repurchase: the same heads on (user, item) and (user, category) pairs bought in the look-back.
+3. Both outputs are written once to a staging folder, checked there, and only then each replaces
    its ds partition in one Delta transaction; a failed check or a failure before that leaves the
    published partitions as they were.
 """
@@ -28,79 +17,25 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-from pyspark import Accumulator, Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from mtl import delta_io, registry
 from mtl.config import Config
-from mtl.data.batch import MODEL_FIELDS
-from mtl.errors import InputError
-from mtl.features.assemble import model_inputs, user_inputs
-from mtl.models.artifacts import load_model
+from mtl.features.assemble import model_inputs
+from mtl.recommend import lists
+from mtl.recommend.lists import ListContext
+from mtl.recommend.top_m import retrieval_flops
 from mtl.registry import Artifact
 from mtl.run_record import RunRecorder
 from mtl.schema import REPURCHASE_HORIZONS_DAYS
-from mtl.score import rank
-from mtl.score.candidates import retrieval_flops
 from mtl.score.output_checks import CheckResult, check_recommendations, check_repurchase, raise_on_violations
 from mtl.score.pseudonym import pseudonym_key, pseudonymised
-from mtl.score.workers import (
-    CANDIDATES_SCHEMA,
-    ITEM_VECTORS_SCHEMA,
-    USER_TOWER_COLUMNS,
-    Catalogue,
-    ModelShipment,
-    item_vectors_stage,
-    prediction_stage,
-    retrieval_stage,
-)
-from mtl.tables import (
-    DAILY_RECOMMENDATIONS,
-    ITEM_FEATURES,
-    REPURCHASE_PREDICTIONS,
-    USER_CATEGORY_FEATURES,
-    USER_FEATURES,
-    USER_ITEM_FEATURES,
-    TableSpec,
-    warehouse_root,
-)
+from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS, TableSpec, warehouse_root
 
 log = logging.getLogger(__name__)
 
-RECOMMENDATION_TASKS = {"click": "p_click", "purchase": "p_purchase"}
 REPURCHASE_TASKS = {f"repurchase_{n}d": f"p_repurchase_{n}d" for n in REPURCHASE_HORIZONS_DAYS}
-
-
-@dataclass(frozen=True)
-class FeatureInputs:
-    """The four feature tables of ds (ds column dropped), read at pinned Delta versions."""
-
-    users: DataFrame
-    items: DataFrame
-    user_cats: DataFrame
-    user_items: DataFrame
-    versions: dict[str, int]
-
-    @property
-    def no_pairs(self) -> tuple[DataFrame, DataFrame]:
-        """Empty user-category and user-item sides: model_inputs then joins nothing there (the
-        optimiser drops a join with an empty relation) and fills their defaults."""
-        return self.user_cats.limit(0), self.user_items.limit(0)
-
-
-@dataclass(frozen=True)
-class ScoringContext:
-    spark: SparkSession
-    cfg: Config
-    ds: dt.date
-    features: FeatureInputs
-    model_version: str
-    tasks: tuple[str, ...]
-    defaults: dict[str, float]
-    shipment: Broadcast
 
 
 @dataclass
@@ -116,120 +51,15 @@ class ScoreResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def read_features(spark: SparkSession, cfg: Config, ds: dt.date) -> FeatureInputs:
-    frames, versions = {}, {}
-    for spec in (USER_FEATURES, ITEM_FEATURES, USER_CATEGORY_FEATURES, USER_ITEM_FEATURES):
-        path = spec.path(cfg.storage)
-        version = delta_io.table_version(spark, path)
-        if version is None:
-            raise InputError(f"no {spec.name} table at {path}: run build_features --ds {ds} first")
-        versions[spec.name] = version
-        frames[spec.name] = (
-            spark.read.format("delta")
-            .option("versionAsOf", version)
-            .load(path)
-            .where(F.col("ds") == F.lit(ds))
-            .drop("ds")
-        )
-    if frames[ITEM_FEATURES.name].limit(1).count() == 0:
-        raise InputError(f"item_features has no rows for ds {ds}: run build_features --ds {ds} first")
-    return FeatureInputs(
-        frames[USER_FEATURES.name],
-        frames[ITEM_FEATURES.name],
-        frames[USER_CATEGORY_FEATURES.name],
-        frames[USER_ITEM_FEATURES.name],
-        versions,
-    )
-
-
-def load_published(cfg: Config) -> tuple[Artifact, tuple[str, ...]]:
-    """The configured version (default: the champion) and its tasks, checked on the driver
-    before any executor work: it must rebuild, and have the heads scoring needs."""
+def load_published(cfg: Config) -> Artifact:
+    """The configured version (default: the champion)."""
     sc = cfg.scoring
-    artifact = registry.load_version(cfg, version=sc.model_version, alias=sc.model_alias)
-    model = load_model(artifact)
-    missing = [t for t in RECOMMENDATION_TASKS if t not in model.tasks]
-    if model.retrieval is None or missing:
-        lacks = ["the retrieval head"] if model.retrieval is None else []
-        lacks = ", ".join(lacks + [f"the {t} task" for t in missing])
-        raise InputError(f"model version {artifact.version} cannot score recommendations: it lacks {lacks}")
-    return artifact, model.tasks
+    return registry.load_version(cfg, version=sc.model_version, alias=sc.model_alias)
 
 
-def prepare(spark: SparkSession, cfg: Config, ds: dt.date) -> ScoringContext:
-    features = read_features(spark, cfg, ds)
-    artifact, tasks = load_published(cfg)
-    defaults = artifact.feature_stats.get("defaults")
-    if not defaults:
-        raise InputError(f"model version {artifact.version} has no fill values (feature_stats.defaults)")
-    shipment = spark.sparkContext.broadcast(ModelShipment(artifact))
-    return ScoringContext(spark, cfg, ds, features, str(artifact.version), tasks, defaults, shipment)
-
-
-def embed_catalogue(ctx: ScoringContext) -> Catalogue:
-    """Item-tower vectors of every item that may be recommended, computed once, on the executors,
-    and collected in item_id order."""
-    f = ctx.features
-    items = rank.catalogue(ctx.spark, f.items, ctx.cfg.scoring.items, ctx.ds)
-    rows = items.select(
-        F.lit(None).cast("string").alias("user_id"),
-        "item_id",
-        F.col("category_id").alias("day_category_id"),
-        F.lit("exposure").alias("row_kind"),
-    )
-    inputs = model_inputs(
-        rows, f.users.limit(0), f.items, *f.no_pairs, ctx.defaults, passthrough=("item_category_id", "day_category_id")
-    )
-    # What ranking needs back besides the item id: it joins item_features again and falls back to
-    # the candidate's day_category_id only where they have no category (new items).
-    fallback = F.when(F.col("item_category_id").isNull(), F.col("day_category_id"))
-    inputs = inputs.withColumn("fallback_category_id", fallback)
-    table = inputs.mapInPandas(item_vectors_stage(ctx.shipment), ITEM_VECTORS_SCHEMA).toArrow()
-    if table.num_rows == 0:
-        raise InputError(f"the catalogue for ds {ctx.ds} is empty (no available items)")
-    ids = table.column("item_id").to_numpy()
-    flat = table.column("vector").combine_chunks().flatten().to_numpy()
-    order = np.argsort(ids, kind="stable")
-    return Catalogue(
-        item_ids=ids[order],
-        fallback_category_ids=table.column("fallback_category_id").to_numpy()[order],
-        vectors=np.ascontiguousarray(flat.reshape(table.num_rows, -1)[order], dtype=np.float32),
-    )
-
-
-def active_users(ctx: ScoringContext) -> DataFrame:
-    return ctx.features.users.where(F.col("u_days_since_last_event") <= ctx.cfg.scoring.active_days)
-
-
-def candidates(ctx: ScoringContext, catalogue: Broadcast, users: DataFrame, scan_seconds: Accumulator) -> DataFrame:
-    """(user_id, item_id, day_category_id, retrieval_score): each user's exact top-M items;
-    day_category_id only for items without a category in item_features (model_inputs' fallback).
-    ``scan_seconds`` collects the task seconds spent in the scan."""
-    sc = ctx.cfg.scoring
-    inputs = user_inputs(users, ctx.defaults).select("user_id", *USER_TOWER_COLUMNS)
-    cores = ctx.spark.sparkContext.defaultParallelism
-    if len(inputs.inputFiles()) < cores:
-        # Spread the users over every core: the scan is the heavy part, and a task reads whole
-        # files (row groups). With a file per core or more, the shuffle would cost more than the
-        # imbalance it evens out.
-        inputs = inputs.repartition(cores)
-    stage = retrieval_stage(
-        ctx.shipment, catalogue, sc.candidates, sc.item_block_size, sc.users_per_batch, scan_seconds
-    )
-    return inputs.mapInArrow(stage, CANDIDATES_SCHEMA)
-
-
-def recommendations(ctx: ScoringContext, cands: DataFrame) -> DataFrame:
-    """The top K per user: candidates ranked by the multi-task heads, after the filters."""
-    f, sc = ctx.features, ctx.cfg.scoring
-    inputs = model_inputs(
-        cands.withColumn("row_kind", F.lit("exposure")), f.users, f.items, f.user_cats, f.user_items, ctx.defaults
-    )
-    repurchasable = rank.repurchasable_categories(ctx.spark, f.user_cats, sc.filters)
-    inputs = rank.drop_recent_purchases(inputs, repurchasable, sc.filters.recent_purchase_days)
-    scored = _predict(ctx, inputs, ("user_id", "item_id", "category_id", "i_price"), RECOMMENDATION_TASKS)
-    top = rank.top_k(scored.withColumn("score", rank.score_column(sc)), sc.k, sc.filters.max_per_category)
-    return top.select(
+def recommendations(ctx: ListContext, pool: DataFrame) -> DataFrame:
+    """daily_recommendations rows: the model's list of the candidate pool."""
+    return lists.model_list(ctx, pool).select(
         F.lit(ctx.ds).alias("ds"),
         "user_id",
         "rank",
@@ -242,7 +72,7 @@ def recommendations(ctx: ScoringContext, cands: DataFrame) -> DataFrame:
     )
 
 
-def repurchase_predictions(ctx: ScoringContext) -> DataFrame:
+def repurchase_predictions(ctx: ListContext) -> DataFrame:
     """p_repurchase_<N>d of every (user, item) and (user, category) bought within
     features.repurchase_lookback_days before ds: the population repurchase rows are trained on."""
     f = ctx.features
@@ -270,7 +100,7 @@ def repurchase_predictions(ctx: ScoringContext) -> DataFrame:
     )
     inputs = inputs.withColumn("days_since_last_purchase", days.cast("int"))
     outputs = {task: column for task, column in REPURCHASE_TASKS.items() if task in ctx.tasks}
-    predicted = _predict(ctx, inputs, ("user_id", "item_id", "category_id", "days_since_last_purchase"), outputs)
+    predicted = lists.predict(ctx, inputs, ("user_id", "item_id", "category_id", "days_since_last_purchase"), outputs)
     absent = [F.lit(None).cast("double").alias(c) for t, c in REPURCHASE_TASKS.items() if t not in outputs]
     return predicted.select(
         F.lit(ctx.ds).alias("ds"),
@@ -280,31 +110,19 @@ def repurchase_predictions(ctx: ScoringContext) -> DataFrame:
     )
 
 
-def _predict(ctx: ScoringContext, inputs: DataFrame, keep: tuple[str, ...], outputs: dict[str, str]) -> DataFrame:
-    """The ``keep`` columns of model_inputs rows plus one probability column per task (task ->
-    column); only the model's own input columns travel to Python besides ``keep``. A
-    probability is nullable: Arrow turns a NaN from broken weights into null, which the
-    output checks then catch."""
-    fields = [f.name for f in MODEL_FIELDS if f.name not in keep]
-    schema = T.StructType(
-        [inputs.schema[c] for c in keep] + [T.StructField(c, T.DoubleType(), True) for c in outputs.values()]
-    )
-    return inputs.select(*keep, *fields).mapInPandas(prediction_stage(ctx.shipment, keep, outputs), schema)
-
-
 def run_score(spark: SparkSession, cfg: Config, ds: dt.date) -> ScoreResult:
     sc = cfg.scoring
     with RunRecorder(spark, cfg, "score", ds) as run:
         key = pseudonym_key(sc) if sc.pseudonymize else None  # fail before any work without the key
         started = time.perf_counter()
-        ctx = prepare(spark, cfg, ds)
+        ctx = lists.prepare(spark, cfg, ds, load_published(cfg), lists.read_features(spark, cfg, ds))
         run.model_version = ctx.model_version
         run.tables_read = dict(ctx.features.versions)
         catalogue_bc = None
         try:
-            catalogue = embed_catalogue(ctx)
+            catalogue = lists.embed_catalogue(ctx)
             catalogue_bc = spark.sparkContext.broadcast(catalogue)
-            users = active_users(ctx)
+            users = lists.active_users(ctx)
             n_users, n_items, dim = users.count(), *catalogue.vectors.shape
             result = ScoreResult(ds, ctx.model_version, n_users, n_items, retrieval_flops(n_users, n_items, dim))
             result.seconds["prepare_and_embed_catalogue"] = time.perf_counter() - started
@@ -316,8 +134,9 @@ def run_score(spark: SparkSession, cfg: Config, ds: dt.date) -> ScoreResult:
                 ctx.model_version,
             )
             scan_seconds = spark.sparkContext.accumulator(0.0)
+            pool = lists.candidate_pool(ctx, catalogue_bc, users, scan_seconds)
             outputs = {
-                DAILY_RECOMMENDATIONS: recommendations(ctx, candidates(ctx, catalogue_bc, users, scan_seconds)),
+                DAILY_RECOMMENDATIONS: recommendations(ctx, pool),
                 REPURCHASE_PREDICTIONS: repurchase_predictions(ctx),
             }
             if key is not None:

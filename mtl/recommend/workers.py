@@ -26,14 +26,14 @@ from mtl.data.batch import MODEL_FIELDS, input_columns, to_arrays
 from mtl.errors import JobError
 from mtl.models.artifacts import load_model
 from mtl.models.model import MultiTaskRecModel
+from mtl.recommend.top_m import blocked_top_m
 from mtl.registry import Artifact
 from mtl.schema import DENSE_KEY
-from mtl.score.candidates import blocked_top_m
 
 PandasStage = Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]
 ArrowStage = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 
-CANDIDATES_SCHEMA = T.StructType(
+RETRIEVED_SCHEMA = T.StructType(
     [
         T.StructField("user_id", T.StringType(), False),
         T.StructField("item_id", T.StringType(), False),
@@ -41,7 +41,7 @@ CANDIDATES_SCHEMA = T.StructType(
         T.StructField("retrieval_score", T.FloatType(), False),
     ]
 )
-CANDIDATES_ARROW_SCHEMA = pa.schema(
+RETRIEVED_ARROW_SCHEMA = pa.schema(
     [
         pa.field("user_id", pa.string(), False),
         pa.field("item_id", pa.string(), False),
@@ -190,7 +190,7 @@ def retrieval_stage(
                         category_ids.take(rows),
                         pa.array(scores.numpy().ravel()),
                     ],
-                    schema=CANDIDATES_ARROW_SCHEMA,
+                    schema=RETRIEVED_ARROW_SCHEMA,
                 )
 
     return run

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtl.score import topm_kernel
-from mtl.score.candidates import blocked_top_m, retrieval_flops
+from mtl.recommend import topm_kernel
+from mtl.recommend.top_m import blocked_top_m, retrieval_flops
 
 
 def _vectors(n: int, d: int, seed: int) -> torch.Tensor:

@@ -79,10 +79,12 @@ def drop_recent_purchases(rows: DataFrame, repurchasable: DataFrame, days: int) 
 
 def top_k(scored: DataFrame, k: int, max_per_category: int | None) -> DataFrame:
     """The best ``k`` rows per user by score (ties: by item_id), at most ``max_per_category`` per
-    category (items without a category count as one), with ``rank`` 1..n."""
+    category, with ``rank`` 1..n. An item without a category is a group of its own: on a log
+    without categories the cap changes nothing."""
     order = (F.col("score").desc(), F.col("item_id").asc())
     if max_per_category is not None:
-        in_category = Window.partitionBy("user_id", "category_id").orderBy(*order)
+        alone = F.when(F.col("category_id").isNull(), F.col("item_id"))
+        in_category = Window.partitionBy(F.col("user_id"), F.col("category_id"), alone).orderBy(*order)
         scored = (
             scored.withColumn("_in_category", F.row_number().over(in_category))
             .where(F.col("_in_category") <= max_per_category)

@@ -6,7 +6,7 @@ the number of items.
 
 Keeping the best M with a ``topk`` per tile would cost about ten times the matmul that made the
 tile. Instead the scan keeps only the scores at or above a per-user threshold (the hits), in
-``mtl.score.topm_kernel``, compiled:
+``mtl.recommend.topm_kernel``, compiled:
 
 - The first threshold is a guess from a strided sample of the catalogue: a high order statistic
   of the sample, placed so that each user should have a few times M items above it.
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtl.score import topm_kernel
+from mtl.recommend import topm_kernel
 
 # Users per matmul tile (with the default 4,096-item blocks, a 2 MB tile): the best of the
 # shapes measured in BENCHMARKS.md; lower tiles lose more in the matmul than they gain in cache.
