@@ -106,6 +106,10 @@ USER_ITEM_DENSE: tuple[str, ...] = (
     "ui_days_since_last_purchase",
 )
 
+# The candidate sources' scores of a (user, item) row of kind candidate (0 where the source did
+# not propose the item, and on every other row kind): what the ranker learns the sources' worth from.
+CANDIDATE_DENSE: tuple[str, ...] = tuple(f"cand_{s}_score" for s in TABLE_CANDIDATE_SOURCES)
+
 LABELS: tuple[str, ...] = ("click", "purchase") + tuple(f"repurchase_{n}d" for n in REPURCHASE_HORIZONS_DAYS)
 MISSING_LABEL = -1  # what the data loader turns a null label into; losses mask it out
 DENSE_KEY = "dense"  # the batch key of the dense fields, one float32 matrix in dense_columns() order
@@ -132,9 +136,9 @@ def model_fields() -> tuple[Field, ...]:
     ]
     fields += [Field(c, "dense", "user") for c in USER_DENSE]
     fields += [Field(c, "dense", "item") for c in ITEM_DENSE]
-    fields += [Field(c, "dense", "pair") for c in USER_CATEGORY_DENSE + USER_ITEM_DENSE]
+    fields += [Field(c, "dense", "pair") for c in USER_CATEGORY_DENSE + USER_ITEM_DENSE + CANDIDATE_DENSE]
     return tuple(fields)
 
 
 def dense_columns() -> tuple[str, ...]:
-    return USER_DENSE + ITEM_DENSE + USER_CATEGORY_DENSE + USER_ITEM_DENSE
+    return USER_DENSE + ITEM_DENSE + USER_CATEGORY_DENSE + USER_ITEM_DENSE + CANDIDATE_DENSE

@@ -147,6 +147,9 @@ _SIDE = {
 
 def _describe(name: str) -> str:
     """Analyst-facing meaning of a generated feature column such as u_click_7d or i_ctr_30d."""
+    if name in fs.CANDIDATE_DENSE:
+        source = name.removeprefix("cand_").removesuffix("_score")
+        return f"Candidate rows: the {source} source's score of the item for the user (0: not proposed, other rows)."
     prefix, _, rest = name.partition("_")
     if rest in _DESCRIPTIONS:
         return _DESCRIPTIONS[rest]

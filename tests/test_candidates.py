@@ -161,10 +161,15 @@ def test_training_rows_label_candidates_with_the_days_interactions(spark):
     events = _events(spark, LOG + LATER)
     candidates = pool.compute(events, D, cfg).candidates
     day = events.where(F.col("event_date") == D)
-    rows = {(r.user_id, r.item_id): (r.click, r.purchase) for r in pool.training_rows(candidates, day, D, 10).collect()}
+    labelled = {(r.user_id, r.item_id): r for r in pool.training_rows(candidates, day, D, 10).collect()}
+    rows = {k: (r.click, r.purchase) for k, r in labelled.items()}
     # 2 positives, 7 negatives: at most 10 per positive keeps all of them
     assert len(rows) == 9
     assert rows[("u1", "i3")] == (1, 0) and rows[("u2", "i2")] == (1, 1)
+    # the sources' scores ride along as the ranker's features (null: not proposed)
+    u1_i3 = labelled[("u1", "i3")]
+    assert u1_i3.cand_item_neighbours_score == pytest.approx(2.5 / math.log(5) / math.sqrt(2))
+    assert u1_i3.cand_popular_score == pytest.approx(1.0) and u1_i3.cand_revisits_score is None
     assert sum(click for click, _ in rows.values()) == 2
     few = pool.training_rows(candidates, day, D, 1).collect()
     assert {(r.user_id, r.item_id) for r in few if r.click} == {("u1", "i3"), ("u2", "i2")}

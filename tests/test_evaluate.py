@@ -20,10 +20,14 @@ from pyspark.sql import functions as F
 from mtl import registry
 from mtl.cli.evaluate import main as evaluate_main
 from mtl.errors import InputError
+from mtl.evaluate.data import ranking_task, read_split
 from mtl.evaluate.job import run_evaluate
 from mtl.evaluate.model_metrics import read_metrics, write_metrics
 from mtl.evaluate.publish import GATE_TAG, GateRefused, run_publish
-from mtl.tables import MODEL_METRICS, TRAINING_EXAMPLES
+from mtl.evaluate.recommendation_lists import list_rows
+from mtl.schema import CANDIDATE_SOURCES
+from mtl.score.job import run_score
+from mtl.tables import DAILY_RECOMMENDATIONS, MODEL_METRICS, TRAINING_EXAMPLES
 from mtl.train.job import run_train
 from tests.support.evaluation_models import register_model
 from tests.support.tables import read_table, runs
@@ -48,6 +52,17 @@ optimizer: {{lr: 0.003, sparse_lr: 0.01}}
 trainer: {{epochs: 6, batch_size: 128, checkpoint_every_steps: 0, log_every_steps: 50}}
 """
 
+
+# The lists of the recommendations task with FAST_BASELINES (no ALS).
+LIST_KINDS = (
+    "multi_task",
+    "revisits",
+    "item_neighbours",
+    "two_tower",
+    "source_union",
+    "popularity",
+    "category_popularity",
+)
 
 Q = START + 14 * DAY  # 21 days generated; trained on Q-7..Q-2, validated on Q-1
 
@@ -75,6 +90,11 @@ def champion(spark, world, evaluated) -> str:
     if registry.champion_version(world) != version:
         run_publish(spark, world, D, version)
     return version
+
+
+def clickers_of(spark, cfg) -> int:
+    examples = read_table(spark, cfg, TRAINING_EXAMPLES).where(F.col("ds") == F.lit(D))
+    return examples.where("row_kind = 'exposure' AND click = 1").select("user_id").distinct().count()
 
 
 def _row_tuples(rows):
@@ -114,8 +134,19 @@ def test_metrics_table_report_and_mlflow(spark, world, evaluated):
             for kind in ("multi_task", "popularity", "category_popularity")
             for m, k in ranking
         }
+        | {
+            (kind, "recommendations", m, k)
+            for kind in LIST_KINDS
+            for m, k in ranking | {("coverage", None), ("new_to_user", None)}
+        }
+        | {(s, "candidates", m, None) for s in (*CANDIDATE_SOURCES, "union") for m in ("recall", "per_user")}
     )
     assert set(metrics) == expected
+    # the published list is measured on the same users as the full-catalogue ranking
+    assert metrics["multi_task", "recommendations", "recall", 20].n_examples == clickers_of(spark, world)
+    pool_recall = metrics["union", "candidates", "recall", None].value
+    assert 0 < metrics["multi_task", "recommendations", "recall", 50].value <= pool_recall <= 1
+    assert metrics["revisits", "recommendations", "new_to_user", None].value == 0.0  # only items seen before
     assert any("repurchase_30d: no labelled rows" in note for note in result.notes)  # not observed: said so
     # trained on D-1, whose 7-day repurchase labels reach into D's window: flagged as optimistic
     assert any(note.startswith(f"repurchase_7d: version {version} learned") for note in result.notes)
@@ -126,7 +157,7 @@ def test_metrics_table_report_and_mlflow(spark, world, evaluated):
     exposures = examples.where("row_kind = 'exposure'").count()
     assert metrics["multi_task", "click", "auc", None].n_examples == exposures
     assert metrics["popularity", "click", "auc", None].n_examples == exposures
-    clickers = examples.where("click = 1").select("user_id").distinct().count()
+    clickers = clickers_of(spark, world)
     assert metrics["multi_task", "retrieval", "recall", 20].n_examples == clickers
     recall = {k: metrics["multi_task", "retrieval", "recall", k].value for k in (10, 20, 50)}
     assert 0 < recall[10] <= recall[20] <= recall[50]
@@ -195,6 +226,21 @@ def test_a_broken_model_is_refused_and_the_champion_stays(spark, world, champion
     uri = registry.tracking_uri(world)
     tag = MlflowClient(uri, uri).get_model_version(world.tracking.registered_model, broken).tags[GATE_TAG]
     assert json.loads(tag)["passed"] is False
+
+
+def test_the_score_job_publishes_the_list_evaluation_measured(spark, world, champion):
+    run_score(spark, world, D)
+    task = ranking_task(read_split(spark, world, D), world)
+    _, lists = list_rows(spark, world, D, task, {"multi_task": registry.load_version(world, version=champion)}, {})
+    measured = sorted(map(tuple, lists["multi_task"][["user_id", "rank", "item_id"]].itertuples(index=False)))
+    published = (
+        read_table(spark, world, DAILY_RECOMMENDATIONS)
+        .where(F.col("ds") == F.lit(D))
+        .join(task.user_ids, "user_id")
+        .select("user_id", "rank", "item_id")
+        .collect()
+    )
+    assert measured and measured == sorted(map(tuple, published))
 
 
 def test_evaluating_a_training_day_is_refused(spark, world, evaluated):

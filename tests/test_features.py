@@ -131,25 +131,28 @@ def test_training_examples_labels(spark, built):
         assert r.item_id in {"i1", "i2", "i3"} and (r.click, r.purchase) == (0, 0)
     repurchase = {
         (r.row_kind, r.user_id, r.item_id, r.category_id, r.repurchase_7d, r.repurchase_30d)
-        for r in rows.where("row_kind != 'exposure'").collect()
+        for r in rows.where("row_kind LIKE 'repurchase%'").collect()
     }
     # 7-day labels are observed (D + 6 <= 03-17); 30-day ones are not yet: null, not 0
     assert repurchase == {
         ("repurchase_item", "u1", "i1", "c1", 1, None),
         ("repurchase_category", "u1", None, "c1", 1, None),
     }
+    # the day's candidates, labelled with the day's interactions
+    candidates = {(r.user_id, r.item_id, r.click) for r in rows.where("row_kind = 'candidate'").collect()}
+    assert candidates and {(u, i) for u, i, click in candidates if click} <= touched
 
 
 def test_unseen_user_gets_defaults_and_hashes(spark, built):
     cfg, _ = built
     rows = ds_rows(spark, cfg, TRAINING_EXAMPLES)
-    u3 = rows.where("user_id = 'u3' AND item_id = 'i1'").first().asDict()
+    u3 = rows.where("user_id = 'u3' AND item_id = 'i1' AND row_kind = 'exposure'").first().asDict()
     assert u3["u_view_30d"] == 0 and u3["u_days_since_last_event"] == cfg.features.history_days
     assert u3["hist_item_hashes"] == [0] * HISTORY_LENGTH and u3["hist_length"] == 0
     assert u3["i_view_30d"] == 2  # the item is known
     nulls = rows.select([F.sum(F.col(c).isNull().cast("int")).alias(c) for c in dense_columns()]).first().asDict()
     assert not any(nulls.values()), {c: n for c, n in nulls.items() if n}
-    u1 = rows.where("user_id = 'u1' AND item_id = 'i2'").first()
+    u1 = rows.where("user_id = 'u1' AND item_id = 'i2' AND row_kind = 'exposure'").first()
     expected = spark.range(1).select(id_hash(F.lit("i3")).alias("h")).first().h
     assert u1.hist_item_hashes[0] == expected and u1.hist_length == 3 and u1.hist_item_hashes[3] == 0
 

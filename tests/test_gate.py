@@ -75,6 +75,8 @@ def test_missing_values_fail_when_required_and_are_skipped_otherwise():
         "k": None,
         "value": None,
         "champion_value": None,
+        "baseline": None,
+        "baseline_value": None,
         "passed": False,
         "reason": "click auc: no value on this ds (no labelled rows?), and it is required",
     }

@@ -30,7 +30,7 @@ from mtl.models.model_config import load_model_config
 from mtl.recommend.lists import read_features
 from mtl.recommend.rank import repurchasable_categories, score_column
 from mtl.recommend.workers import USER_TOWER_COLUMNS, dense_defaults, model_batch, user_batch
-from mtl.schema import model_fields
+from mtl.schema import CANDIDATE_DENSE, TABLE_CANDIDATE_SOURCES, model_fields
 from mtl.score.job import run_score
 from mtl.score.output_checks import OutputCheckError, check_recommendations, check_repurchase
 from mtl.tables import CANDIDATES, DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
@@ -115,7 +115,10 @@ def _plain(spark, cfg, rows: list[tuple]):
     (user_id, item_id, day_category_id, row_kind) rows, computed in one plain batch."""
     features = read_features(spark, cfg, D)
     artifact = registry.load_version(cfg)
-    frame = spark.createDataFrame(rows, "user_id string, item_id string, day_category_id string, row_kind string")
+    schema = "user_id string, item_id string, day_category_id string, row_kind string"
+    if rows and len(rows[0]) > 4:  # with the candidate sources' scores
+        schema += "".join(f", {c} double" for c in CANDIDATE_DENSE)
+    frame = spark.createDataFrame(rows, schema)
     inputs = model_inputs(
         frame,
         features.users,
@@ -133,15 +136,17 @@ def _plain(spark, cfg, rows: list[tuple]):
 def _reference(spark, cfg, catalogue: dict[str, str], m: int, k: int, drop=frozenset(), cap=None):
     """user -> [(item, score, p_click, p_purchase)]: top-m by inner product over the catalogue,
     joined with the user's rows of the candidates table (catalogue items only), then score =
-    p_click (alpha 1, beta 0: pCTR x pCVR = p_purchase unless capped), cap, top k."""
+    pCTR x pCVR^alpha (beta 0), cap, top k."""
     proposed = {
-        (r.user_id, r.item_id) for r in read_table(spark, cfg, CANDIDATES).where(F.col("ds") == F.lit(D)).collect()
+        (r.user_id, r.item_id): tuple(r[f"{s}_score"] for s in TABLE_CANDIDATE_SOURCES)
+        for r in read_table(spark, cfg, CANDIDATES).where(F.col("ds") == F.lit(D)).collect()
     }
-    rows = [(u, i, c, "candidate") for u in ACTIVE for i, c in catalogue.items()]
+    absent = (None,) * len(TABLE_CANDIDATE_SOURCES)
+    rows = [(u, i, c, "candidate", *proposed.get((u, i), absent)) for u in ACTIVE for i, c in catalogue.items()]
     inputs, user_vec, item_vec, probs = _plain(spark, cfg, rows)
     retrieval = (user_vec * item_vec).sum(1).numpy()
     p_click, p_purchase = probs["click"].numpy().astype(float), probs["purchase"].numpy().astype(float)
-    score = p_click * np.minimum(p_purchase / p_click, 1.0)
+    score = p_click * np.minimum(p_purchase / p_click, 1.0) ** cfg.scoring.alpha
     out = {}
     for user in ACTIVE:
         at = np.flatnonzero(inputs["user_id"].to_numpy() == user)

@@ -12,12 +12,12 @@ import datetime as dt
 from dataclasses import dataclass
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from mtl.candidates import sources as src
 from mtl.config import Config
-from mtl.schema import INTERACTION_TYPES
+from mtl.schema import CANDIDATE_DENSE, INTERACTION_TYPES, TABLE_CANDIDATE_SOURCES
 
 # Hash draws in [0, 1) with this resolution pick the negatives a day keeps.
 _DRAW_SLOTS = 1_000_000
@@ -42,8 +42,8 @@ def active_users(events: DataFrame, ds: dt.date, active_days: int) -> DataFrame:
 
 def compute(events: DataFrame, ds: dt.date, cfg: Config) -> CandidateFrames:
     """Both outputs of ds from ``events`` (any dates: only those before ds are read). The
-    weighted interactions and revisits feed several sources and are persisted; the caller
-    clears the cache once the outputs are written."""
+    weighted interactions, revisits, neighbours and the union are each used more than once and
+    are persisted; the caller clears the cache once the outputs are written."""
     cc = cfg.candidates
     keep = StorageLevel.MEMORY_AND_DISK
     users = active_users(events, ds, cfg.scoring.active_days)
@@ -58,12 +58,13 @@ def compute(events: DataFrame, ds: dt.date, cfg: Config) -> CandidateFrames:
         "category_popular": src.category_popular(weighted, cc.top_categories, cc.category_popular),
     }
     wanted = {name: df for name, df in proposed.items() if getattr(cc, name) > 0}
-    return CandidateFrames(neighbours, src.union(wanted))
+    # written to its table and labelled into training rows: computed once
+    return CandidateFrames(neighbours, src.union(wanted).persist(keep))
 
 
 def training_rows(candidates: DataFrame, day: DataFrame, ds: dt.date, negatives_per_positive: int) -> DataFrame:
     """Rows for model_inputs (user_id, item_id, day_category_id, click, purchase,
-    is_sampled_negative): the candidates of ds labelled with ds's events ``day`` (click: any
+    is_sampled_negative, the sources' scores): the candidates of ds labelled with ds's events ``day`` (click: any
     interaction with the item on ds; purchase: bought on ds). Every positive is kept and, of the
     negatives, a fixed hash-drawn share that leaves about ``negatives_per_positive`` per positive."""
     engaged = day.groupBy("user_id", "item_id").agg(
@@ -71,13 +72,14 @@ def training_rows(candidates: DataFrame, day: DataFrame, ds: dt.date, negatives_
         F.max(F.col("event_type") == "purchase").cast("int").alias("purchase"),
     )
     labelled = (
-        candidates.select("user_id", "item_id")
+        source_scores(candidates)
         .join(engaged, ["user_id", "item_id"], "left")
         .select(
             "user_id",
             "item_id",
             F.coalesce("click", F.lit(0)).alias("click"),
             F.coalesce("purchase", F.lit(0)).alias("purchase"),
+            *CANDIDATE_DENSE,
         )
     )
     counts = labelled.agg(F.sum("click").alias("pos"), F.count(F.lit(1)).alias("n")).first()
@@ -91,4 +93,15 @@ def training_rows(candidates: DataFrame, day: DataFrame, ds: dt.date, negatives_
         "click",
         "purchase",
         F.lit(False).alias("is_sampled_negative"),
+        *CANDIDATE_DENSE,
     )
+
+
+def source_score_columns() -> dict[str, Column]:
+    """The model's inputs cand_<source>_score from a candidates row's <source>_score columns."""
+    return {f"cand_{s}_score": F.col(f"{s}_score") for s in TABLE_CANDIDATE_SOURCES}
+
+
+def source_scores(candidates: DataFrame) -> DataFrame:
+    """(user_id, item_id, cand_<source>_score...) of candidates rows: the model's view of the sources."""
+    return candidates.select("user_id", "item_id", *[c.alias(n) for n, c in source_score_columns().items()])

@@ -118,7 +118,7 @@ def run_day(spark, cfg: Config, ds: dt.date, start_at: str = STEPS[0], retrain: 
             report.lines.append(f"publish: refused ({refused}); scoring keeps the champion {champion or '(none)'}")
             if champion is None:
                 raise JobError(
-                    "the gate refused the first model and there is no published model to score with"
+                    f"the gate refused the first model and there is no published model to score with: {refused}"
                 ) from refused
             return
         report.published = r.published

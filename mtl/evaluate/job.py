@@ -65,6 +65,7 @@ from mtl.evaluate.recommendation_lists import list_rows
 from mtl.evaluate.training_window import RETRIEVAL_TWIN, TrainingWindow
 from mtl.models.artifacts import load_model
 from mtl.models.model_config import ModelConfig
+from mtl.recommend.lists import recommendable
 from mtl.registry import Artifact
 from mtl.run_record import RunRecorder
 from mtl.schema import LABELS, REPURCHASE_HORIZONS_DAYS
@@ -148,8 +149,8 @@ def run_evaluate(
                 }
                 if listable["multi_task"] is None:
                     notes.append(
-                        f"recommendations: version {version} has no retrieval head or no click and purchase "
-                        "tasks, so it cannot make the published list: not evaluated"
+                        f"recommendations: version {version} lacks the retrieval head or the click and purchase "
+                        "heads a list needs: not evaluated"
                     )
                 else:
                     rows += list_rows(spark, cfg, ds, task, listable, tiles)[0]
@@ -269,8 +270,12 @@ def _has_retrieval(artifact: Artifact) -> bool:
 
 
 def _can_recommend(artifact: Artifact) -> bool:
-    """A version's list needs its retrieval head and its click and purchase heads."""
-    return _has_retrieval(artifact) and {"click", "purchase"} <= set(_tasks(artifact))
+    """Whether the version has the heads a recommendation list needs."""
+    try:
+        recommendable(artifact)
+    except InputError:
+        return False
+    return True
 
 
 def _twins(

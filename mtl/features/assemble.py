@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 
 from mtl.features.transforms import Priors, id_hash
 from mtl.schema import (
+    CANDIDATE_DENSE,
     HISTORY_LENGTH,
     ITEM_DENSE,
     PAD_HASH,
@@ -89,6 +90,8 @@ def model_inputs(
     the wide user side (its sequences hashed once per user, not once per row) joins last: the
     shuffles before it move narrow rows."""
     item_side = items.select("item_id", F.col("category_id").alias("item_category_id"), *ITEM_DENSE)
+    # Only candidate rows carry the sources' scores; every other row gets their default.
+    rows = rows.withColumns({c: F.lit(None).cast("double") for c in CANDIDATE_DENSE if c not in rows.columns})
     joined = (
         rows.join(item_side, "item_id", "left")
         .withColumn("category_id", F.coalesce("item_category_id", "day_category_id"))

@@ -98,7 +98,8 @@ def compute(events: DataFrame, ds: dt.date, observed_until: Optional[dt.date], c
         rows = exposures.select("*", F.lit("exposure").alias("row_kind"), *no_repurchase_labels).unionByName(rows)
         if cfg.candidates.negatives_per_positive > 0:
             labelled = pool.training_rows(candidates.candidates, day, ds, cfg.candidates.negatives_per_positive)
-            rows = labelled.select("*", F.lit("candidate").alias("row_kind"), *no_repurchase_labels).unionByName(rows)
+            labelled = labelled.select("*", F.lit("candidate").alias("row_kind"), *no_repurchase_labels)
+            rows = labelled.unionByName(rows, allowMissingColumns=True)
     user_items = tf.user_item_features(pairs)
     defaults = feature_defaults(priors, fc.history_days)
     passthrough = ("is_sampled_negative", "click", "purchase", *ex.LABEL_HORIZON_COLUMNS.values())

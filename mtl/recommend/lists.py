@@ -29,6 +29,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mtl import delta_io
+from mtl.candidates.pool import source_score_columns
 from mtl.config import Config
 from mtl.data.batch import MODEL_FIELDS
 from mtl.errors import InputError
@@ -225,7 +226,7 @@ def model_list(ctx: ListContext, pool: DataFrame) -> DataFrame:
     p_click, p_purchase and the sources of each item."""
     f, sc = ctx.features, ctx.cfg.scoring
     inputs = model_inputs(
-        pool.withColumn("row_kind", F.lit("candidate")),
+        pool.withColumns(source_score_columns()).withColumn("row_kind", F.lit("candidate")),
         f.users,
         f.items,
         f.user_cats,
