@@ -7,6 +7,7 @@ baselines.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -19,6 +20,7 @@ from pyspark.sql import functions as F
 
 from mtl import registry
 from mtl.cli.evaluate import main as evaluate_main
+from mtl.config import GateConfig, GatedMetric
 from mtl.errors import InputError
 from mtl.evaluate.data import ranking_task, read_split
 from mtl.evaluate.job import run_evaluate
@@ -196,8 +198,17 @@ def test_gate_publishes_the_evaluated_model(spark, world, evaluated):
     assert result.decision.passed
     with pytest.raises(InputError, match="no evaluation of version"):
         run_publish(spark, world, D + DAY, version)
-    published = run_publish(spark, world, D, version)
+    # the published list against the best baseline's, from model_metrics (a lenient tolerance:
+    # what is checked here is that publish finds the baseline)
+    key = ("recommendations", "recall", 20)
+    versus = GatedMetric(*key, floor=0.0, tolerance=1.0, versus_baselines=True)
+    lenient = dataclasses.replace(world, gate=GateConfig(metrics=[versus]))
+    published = run_publish(spark, lenient, D, version)
     assert published.published and published.previous_champion is None
+    lists = {r.model_kind: r.value for r in result.rows if (r.task, r.metric, r.k) == key}
+    best = max((kind for kind in lists if kind != "multi_task"), key=lambda kind: lists[kind])
+    (check,) = published.decision.checks
+    assert (check.baseline, check.baseline_value) == (best, pytest.approx(lists[best]))
     assert registry.champion_version(world) == version
     record = runs(spark, world).where("job = 'publish'").orderBy(F.desc("started_at")).first()
     assert record.status == "succeeded" and record.model_version == version

@@ -51,6 +51,7 @@ from mtl.evaluate.data import (
 from mtl.evaluate.gate import GateDecision, check_evaluation_config, decide
 from mtl.evaluate.model_metrics import (
     BINARY_TASKS,
+    MODEL_KINDS,
     MetricRow,
     Scorer,
     binary_metric_rows,
@@ -77,8 +78,6 @@ log = logging.getLogger(__name__)
 REPURCHASE_HORIZONS = {f"repurchase_{n}d": n for n in REPURCHASE_HORIZONS_DAYS}
 KEEP = ("row_kind", "user_id", "item_id", "category_id", "is_sampled_negative", *LABELS)
 TABULAR = ("logistic_regression", "gbt")
-# model_kinds that are model versions (the gate's baselines are every other kind).
-MODEL_KINDS = ("multi_task", "champion")
 BASELINE_TILES = ("popularity", "category_popularity", "als")
 REPORT_FILE = "report.html"
 

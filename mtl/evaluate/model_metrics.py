@@ -59,6 +59,8 @@ BINARY_TASKS: tuple[BinaryTask, ...] = (
 )
 TASK_NAMES: tuple[str, ...] = tuple(t.name for t in BINARY_TASKS) + (RETRIEVAL, RECOMMENDATIONS)
 LIST_TASKS = (RETRIEVAL, RECOMMENDATIONS)
+# model_kinds that are model versions; every other kind is a baseline (the gate's versus_baselines).
+MODEL_KINDS = ("multi_task", "champion")
 # Metrics that need probabilities; rank-only scorers (popularity, heuristics) get the others only.
 PROBABILITY_METRICS = ("log_loss", "calibration")
 RANK_METRICS = ("auc", "gauc")

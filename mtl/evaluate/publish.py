@@ -30,7 +30,7 @@ from mtl import registry
 from mtl.config import Config
 from mtl.errors import InputError, JobError
 from mtl.evaluate.gate import GateDecision, MetricKey, check_gate_config, decide
-from mtl.evaluate.model_metrics import read_metrics
+from mtl.evaluate.model_metrics import MODEL_KINDS, read_metrics
 from mtl.run_record import RunRecorder
 from mtl.tables import MODEL_METRICS
 
@@ -101,7 +101,10 @@ def run_publish(
                     f"evaluate run's notes). Re-run mtl-evaluate --ds {ds} --model {version}"
                 )
             champion = _values(champion_rows)
-        decision = decide(_values(rows[rows["model_kind"] == "multi_task"]), champion, cfg.gate, current)
+        baselines = {
+            kind: _values(part) for kind, part in rows[~rows["model_kind"].isin(MODEL_KINDS)].groupby("model_kind")
+        }
+        decision = decide(_values(rows[rows["model_kind"] == "multi_task"]), champion, cfg.gate, current, baselines)
         run.details["gate"] = decision.as_dict()
         _tag(cfg, version, ds, decision)
         if not decision.passed:
