@@ -223,7 +223,7 @@ def candidate_pool(ctx: ListContext, catalogue: Broadcast, users: DataFrame, sca
 
 def model_list(ctx: ListContext, pool: DataFrame) -> DataFrame:
     """The top K per user: the pool ranked by the multi-task heads, after the filters, with
-    p_click, p_purchase and the sources of each item."""
+    p_click and p_purchase."""
     f, sc = ctx.features, ctx.cfg.scoring
     inputs = model_inputs(
         pool.withColumns(source_score_columns()).withColumn("row_kind", F.lit("candidate")),
@@ -232,11 +232,10 @@ def model_list(ctx: ListContext, pool: DataFrame) -> DataFrame:
         f.user_cats,
         f.user_items,
         ctx.defaults,
-        passthrough=("sources",),
     )
     repurchasable = rank.repurchasable_categories(ctx.spark, f.user_cats, sc.filters)
     inputs = rank.drop_recent_purchases(inputs, repurchasable, sc.filters.recent_purchase_days)
-    scored = predict(ctx, inputs, ("user_id", "item_id", "category_id", "i_price", "sources"), RECOMMENDATION_TASKS)
+    scored = predict(ctx, inputs, ("user_id", "item_id", "category_id", "i_price"), RECOMMENDATION_TASKS)
     return rank.top_k(scored.withColumn("score", rank.score_column(sc)), sc.k, sc.filters.max_per_category)
 
 
