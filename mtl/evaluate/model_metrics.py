@@ -144,7 +144,7 @@ def binary_metric_rows(frame: pd.DataFrame, scorers: Iterable[Scorer]) -> list[M
                     task.name,
                     metric,
                     None,
-                    _finite(values[metric]),
+                    finite_or_none(values[metric]),
                     int(values["rows"]),
                     scorer.scored_version,
                 )
@@ -161,16 +161,24 @@ def ranking_metric_rows(
     users = int(values["users"])
     rows = [
         MetricRow(
-            scorer.kind, task_name, metric, int(k), _finite(values[f"{metric}_at_{k}"]), users, scorer.scored_version
+            scorer.kind,
+            task_name,
+            metric,
+            int(k),
+            finite_or_none(values[f"{metric}_at_{k}"]),
+            users,
+            scorer.scored_version,
         )
         for k in ks
         for metric in RANKING_METRICS
     ]
-    rows.append(MetricRow(scorer.kind, task_name, "mrr", None, _finite(values["mrr"]), users, scorer.scored_version))
+    rows.append(
+        MetricRow(scorer.kind, task_name, "mrr", None, finite_or_none(values["mrr"]), users, scorer.scored_version)
+    )
     return rows
 
 
-def _finite(value: float) -> Optional[float]:
+def finite_or_none(value: float) -> Optional[float]:
     return float(value) if math.isfinite(value) else None
 
 

@@ -35,7 +35,14 @@ from mtl import metric_functions as M
 from mtl.candidates.sources import fused_score
 from mtl.config import Config
 from mtl.evaluate.data import RankingTask
-from mtl.evaluate.model_metrics import CANDIDATES, RECOMMENDATIONS, MetricRow, Scorer, ranking_metric_rows
+from mtl.evaluate.model_metrics import (
+    CANDIDATES,
+    RECOMMENDATIONS,
+    MetricRow,
+    Scorer,
+    finite_or_none,
+    ranking_metric_rows,
+)
 from mtl.evaluate.predict import ScoreTile, top_k
 from mtl.recommend import lists
 from mtl.registry import Artifact
@@ -139,7 +146,7 @@ def candidate_recall_rows(pool: pd.DataFrame, task: RankingTask) -> list[MetricR
         values = M.ranking_metrics(ranked, task.clicked, (width,))
         users = int(values["users"])
         rows += [
-            MetricRow(source, CANDIDATES, "recall", None, _finite(values[f"recall_at_{width}"]), users, None),
+            MetricRow(source, CANDIDATES, "recall", None, finite_or_none(values[f"recall_at_{width}"]), users, None),
             MetricRow(source, CANDIDATES, "per_user", None, len(mine) / max(len(task.users), 1), users, None),
         ]
     return rows
@@ -172,7 +179,3 @@ def _tile_candidates(spark: SparkSession, tile: ScoreTile, task: RankingTask, m:
         }
     )
     return spark.createDataFrame(frame, "user_id string, item_id string, score double")
-
-
-def _finite(value: float) -> Optional[float]:
-    return float(value) if np.isfinite(value) else None
