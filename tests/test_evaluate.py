@@ -24,7 +24,7 @@ from mtl.config import GateConfig, GatedMetric
 from mtl.errors import InputError
 from mtl.evaluate.data import ranking_task, read_split
 from mtl.evaluate.job import run_evaluate
-from mtl.evaluate.model_metrics import read_metrics, write_metrics
+from mtl.evaluate.model_metrics import CANDIDATES, RECOMMENDATIONS, read_metrics, write_metrics
 from mtl.evaluate.publish import GATE_TAG, GateRefused, run_publish
 from mtl.evaluate.recommendation_lists import list_rows
 from mtl.schema import CANDIDATE_SOURCES
@@ -311,11 +311,23 @@ def quality_world(spark, tmp_path_factory):
     return build_world(spark, cfg, [Q - k * DAY for k in range(7, -1, -1)])
 
 
-@pytest.mark.slow
-def test_on_generator_data_the_model_beats_popularity_and_als_and_is_published(spark, quality_world):
+@pytest.fixture(scope="module")
+def quality_evaluated(spark, quality_world):
     version = run_train(spark, quality_world, Q, "full").model_version
-    result = run_evaluate(spark, quality_world, Q, version)
-    assert {r.model_kind for r in result.rows} == {
+    return version, run_evaluate(spark, quality_world, Q, version)
+
+
+def list_metric(result, kind: str, metric: str) -> float:
+    (value,) = [
+        r.value for r in result.rows if (r.model_kind, r.task, r.metric, r.k) == (kind, "recommendations", metric, 20)
+    ]
+    return value
+
+
+@pytest.mark.slow
+def test_on_generator_data_the_model_beats_popularity_and_als_and_is_published(spark, quality_world, quality_evaluated):
+    version, result = quality_evaluated
+    assert {r.model_kind for r in result.rows if r.task not in (RECOMMENDATIONS, CANDIDATES)} == {
         "multi_task",
         "popularity",
         "category_popularity",
@@ -333,3 +345,27 @@ def test_on_generator_data_the_model_beats_popularity_and_als_and_is_published(s
     assert result.decision.passed
     assert run_publish(spark, quality_world, Q, version).published
     assert registry.champion_version(quality_world) == version
+
+
+@pytest.mark.slow
+def test_on_generator_data_the_published_list_beats_every_baseline_list_and_noise_is_refused(
+    spark, quality_world, quality_evaluated
+):
+    version, result = quality_evaluated
+    baselines = {r.model_kind for r in result.rows if r.task == "recommendations"} - {"multi_task", "champion"}
+    assert baselines == {*CANDIDATE_SOURCES, "source_union", "popularity", "category_popularity", "als"} - {
+        "popular",
+        "category_popular",
+    }
+    broken = register_model(spark, quality_world, Q, Q - 7 * DAY, Q - 2 * DAY, shuffle_labels=True)
+    noise = run_evaluate(spark, quality_world, Q, broken)
+    for metric in ("recall", "ndcg"):
+        model = list_metric(result, "multi_task", metric)
+        best = max(list_metric(result, kind, metric) for kind in baselines)
+        shuffled = list_metric(noise, "multi_task", metric)
+        # a model that learned nothing falls below the best baseline: the margin is the model's
+        assert model > best > shuffled, (metric, model, best, shuffled)
+    assert not noise.decision.passed
+    with pytest.raises(GateRefused) as refused:
+        run_publish(spark, quality_world, Q, broken)
+    assert "recommendations recall@20" in str(refused.value) and "worse than the baseline" in str(refused.value)
