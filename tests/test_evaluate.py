@@ -319,7 +319,7 @@ def quality_evaluated(spark, quality_world):
 
 def list_metric(result, kind: str, metric: str) -> float:
     (value,) = [
-        r.value for r in result.rows if (r.model_kind, r.task, r.metric, r.k) == (kind, "recommendations", metric, 20)
+        r.value for r in result.rows if (r.model_kind, r.task, r.metric, r.k) == (kind, RECOMMENDATIONS, metric, 20)
     ]
     return value
 
@@ -351,8 +351,8 @@ def test_on_generator_data_the_model_beats_popularity_and_als_and_is_published(s
 def test_on_generator_data_the_published_list_beats_every_baseline_list_and_noise_is_refused(
     spark, quality_world, quality_evaluated
 ):
-    version, result = quality_evaluated
-    baselines = {r.model_kind for r in result.rows if r.task == "recommendations"} - {"multi_task", "champion"}
+    _, result = quality_evaluated
+    baselines = {r.model_kind for r in result.rows if r.task == RECOMMENDATIONS} - {"multi_task", "champion"}
     assert baselines == {*CANDIDATE_SOURCES, "source_union", "popularity", "category_popularity", "als"} - {
         "popular",
         "category_popular",
