@@ -15,7 +15,7 @@ from mtl.models import MultiTaskLoss, build_model, load_model_config
 from mtl.models.embedding import dense_feature_stats, hash_to_bucket
 from mtl.models.losses import FrequencyEstimator, ctcvr_loss, in_batch_softmax_loss, masked_bce_with_logits
 from mtl.models.multi_task.esmm import ctcvr_logit
-from mtl.schema import LABELS, Field, model_fields
+from mtl.schema import LABELS, ROW_KINDS, Field, model_fields
 from tests.support.model_data import FIELDS, MODEL_CONF, TASKS, World, model_config, one_torch_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -221,6 +221,37 @@ def test_towers_read_only_their_own_side(world):
         out = model(batch)
     assert torch.allclose(out.item_vec, items[i], atol=1e-6)
     assert torch.allclose(out.user_vec, model.user_vectors(world.users(u)), atol=1e-6)
+
+
+def test_kind_towers_give_rows_of_that_kind_heads_of_their_own(batch):
+    """architecture.kind_towers=[candidate]: candidate rows are scored and trained by their own
+    towers; every other row keeps the shared ones."""
+    batch = dict(batch)
+    candidate = torch.arange(256) % 3 == 0
+    batch["row_kind_code"] = torch.where(candidate, ROW_KINDS.index("candidate") + 1, batch["row_kind_code"])
+    torch.manual_seed(0)
+    plain = build_model(model_config("mmoe", "architecture.kind_towers=[]"), FIELDS, None)
+    torch.manual_seed(0)
+    split = build_model(model_config("mmoe", "architecture.kind_towers=[candidate]"), FIELDS, None)
+    split.load_state_dict(plain.state_dict(), strict=False)  # same shared weights, own towers fresh
+    p_plain, p_split = plain.predict_proba(batch), split.predict_proba(batch)
+    for task in TASKS:
+        assert torch.allclose(p_plain[task][~candidate], p_split[task][~candidate], rtol=0, atol=1e-6)
+        assert not torch.allclose(p_plain[task][candidate], p_split[task][candidate])
+
+    only_others = {k: v[~candidate] for k, v in batch.items()}
+    MultiTaskLoss(model_config("mmoe", "architecture.kind_towers=[candidate]"))(
+        split(only_others), only_others
+    ).total.backward()
+    own = split.kind_towers["candidate"]
+    assert all(p.grad is None or not p.grad.any() for p in own.parameters()), "no candidate row, no gradient"
+    assert all(t.out.weight.grad.abs().sum() > 0 for t in split.towers.values())
+    split.zero_grad(set_to_none=True)
+    MultiTaskLoss(split.cfg)(split(batch), batch).total.backward()
+    assert all(t.out.weight.grad.abs().sum() > 0 for t in own.values()), "candidate rows train their own towers"
+
+    with pytest.raises(ConfigError, match="architecture.kind_towers: \\['impression'\\] not row kinds"):
+        model_config("mmoe", "architecture.kind_towers=[impression]")
 
 
 def test_predict_proba_restores_the_training_mode_and_is_deterministic(batch):

@@ -21,7 +21,10 @@ from mtl.models.matching.two_tower import TwoTower
 from mtl.models.model_config import ModelConfig, check_model_config
 from mtl.models.multi_task import build_backbone
 from mtl.models.multi_task.esmm import ctcvr_logit, ctcvr_prob
-from mtl.schema import Field
+from mtl.schema import ROW_KINDS, Field
+
+# The categorical field that tells a row's kind (the code of mtl.schema.ROW_KINDS).
+KIND_FIELD = "row_kind_code"
 
 
 @dataclass
@@ -50,9 +53,12 @@ class MultiTaskRecModel(nn.Module):
         widths = self.features.widths
         self.input_sides = tuple(s for s in SIDES if widths[s])
         self.backbone = build_backbone(arch, sum(widths.values()), len(self.tasks))
-        self.towers = nn.ModuleDict(
-            {t: Tower(self.backbone.out_dim, arch.tower_units, arch.dropout) for t in self.tasks}
-        )
+        self.towers = self._towers()
+        if arch.kind_towers and KIND_FIELD not in names:
+            raise ConfigError(f"architecture.kind_towers: the schema has no {KIND_FIELD} field to tell rows apart")
+        # A row's code is its 1-based position in ROW_KINDS (mtl.features.assemble).
+        self.kind_codes = {kind: ROW_KINDS.index(kind) + 1 for kind in arch.kind_towers}
+        self.kind_towers = nn.ModuleDict({kind: self._towers() for kind in arch.kind_towers})
         # ESMM: the tower of the CTCVR task is the CVR tower; its task output is the product.
         self.esmm_tasks = (arch.esmm_ctr_task, arch.esmm_ctcvr_task) if arch.name == "esmm" else None
 
@@ -70,7 +76,7 @@ class MultiTaskRecModel(nn.Module):
 
     def forward(self, batch: Batch) -> ModelOutput:
         parts = self.features(batch, self.input_sides)
-        out = self._rank(parts)
+        out = self._rank(parts, batch)
         if self.retrieval is not None:
             out.user_vec = self.retrieval.user_vectors(parts["user"])
             out.item_vec = self.retrieval.item_vectors(parts["item"])
@@ -91,7 +97,7 @@ class MultiTaskRecModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            out = self._rank(self.features(batch, self.input_sides))
+            out = self._rank(self.features(batch, self.input_sides), batch)
         finally:
             self.train(was_training)
         probs = {t: torch.sigmoid(logit) for t, logit in out.logits.items()}
@@ -108,15 +114,36 @@ class MultiTaskRecModel(nn.Module):
         sparse = {id(p) for p in self.sparse_parameters()}
         return [p for p in self.parameters() if id(p) not in sparse]
 
-    def _rank(self, parts: dict[str, Tensor]) -> ModelOutput:
+    def _rank(self, parts: dict[str, Tensor], batch: Batch) -> ModelOutput:
         x = torch.cat([parts[s] for s in self.input_sides], dim=1)
-        logits = {t: self.towers[t](h) for t, h in zip(self.tasks, self.backbone(x))}
+        logits = self._tower_logits(dict(zip(self.tasks, self.backbone(x))), batch)
         if self.esmm_tasks is None:
             return ModelOutput(logits)
         ctr, ctcvr = self.esmm_tasks
         cvr = logits[ctcvr]
         logits[ctcvr] = ctcvr_logit(logits[ctr], cvr)
         return ModelOutput(logits, cvr_logit=cvr)
+
+    def _tower_logits(self, hidden: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+        """Each task's tower over its backbone output; rows of a kind in ``kind_towers`` go
+        through that kind's towers instead, and each row through one tower only."""
+        if not self.kind_towers:
+            return {t: self.towers[t](h) for t, h in hidden.items()}
+        codes = batch[KIND_FIELD]
+        groups = [(codes == self.kind_codes[kind], towers) for kind, towers in self.kind_towers.items()]
+        shared = ~torch.stack([rows for rows, _ in groups]).any(dim=0)
+        groups = [(rows, towers) for rows, towers in [*groups, (shared, self.towers)] if bool(rows.any())]
+        logits = {}
+        for task, h in hidden.items():
+            out = h.new_zeros(h.shape[0])
+            for rows, towers in groups:
+                out = out.index_put((rows,), towers[task](h[rows]))
+            logits[task] = out
+        return logits
+
+    def _towers(self) -> nn.ModuleDict:
+        arch = self.cfg.architecture
+        return nn.ModuleDict({t: Tower(self.backbone.out_dim, arch.tower_units, arch.dropout) for t in self.tasks})
 
     def _retrieval_head(self) -> TwoTower:
         if self.retrieval is None:

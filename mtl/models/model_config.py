@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from mtl.config import ConfigError, load_typed
-from mtl.schema import LABELS
+from mtl.schema import LABELS, ROW_KINDS
 
 Backbone = Literal["shared_bottom", "mmoe", "ple"]
 
@@ -54,6 +54,10 @@ class ArchitectureConfig:
     esmm_backbone: Backbone = "mmoe"
     esmm_ctr_task: str = "click"
     esmm_ctcvr_task: str = "purchase"
+    # Row kinds (mtl.schema.ROW_KINDS) whose rows get towers of their own, one per task, over the
+    # shared embeddings and experts: [candidate] gives the ranker of the candidate list a head
+    # that learns only from candidate rows, apart from the exposure rows' click-through.
+    kind_towers: list[str] = field(default_factory=list)
 
     @property
     def backbone(self) -> Backbone:
@@ -154,6 +158,12 @@ def check_model_config(cfg: ModelConfig) -> None:
     if arch.backbone == "ple":
         for key in ("levels", "shared_experts", "specific_experts"):
             _at_least(getattr(arch, key), 1, f"architecture.{key}")
+
+    unknown = sorted(set(arch.kind_towers) - set(ROW_KINDS))
+    if unknown:
+        raise ConfigError(f"architecture.kind_towers: {unknown} not row kinds; use any of {list(ROW_KINDS)}")
+    if len(set(arch.kind_towers)) != len(arch.kind_towers):
+        raise ConfigError("architecture.kind_towers: a row kind is listed more than once")
 
     names = cfg.task_names
     if not names:
