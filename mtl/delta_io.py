@@ -2,15 +2,58 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
+import delta.exceptions.captured  # noqa: F401 - makes PySpark raise Delta's conflicts as the classes below
+from delta.exceptions import (
+    ConcurrentAppendException,
+    ConcurrentDeleteDeleteException,
+    ConcurrentDeleteReadException,
+    ConcurrentTransactionException,
+    ConcurrentWriteException,
+    DeltaConcurrentModificationException,
+    MetadataChangedException,
+    ProtocolChangedException,
+)
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from mtl.errors import JobError
 from mtl.tables import TableSpec
+
+log = logging.getLogger(__name__)
+
+# Delta's commit conflicts: another transaction committed to the table first.
+CONFLICTS = (
+    ConcurrentAppendException,
+    ConcurrentDeleteDeleteException,
+    ConcurrentDeleteReadException,
+    ConcurrentTransactionException,
+    ConcurrentWriteException,
+    DeltaConcurrentModificationException,
+    MetadataChangedException,
+    ProtocolChangedException,
+)
+
+
+class WriteConflict(JobError):
+    """Another run committed to the same table while this one was writing; nothing was written."""
+
+
+@contextmanager
+def _named_conflicts(spec: TableSpec, where: str = "") -> Iterator[None]:
+    try:
+        yield
+    except CONFLICTS as exc:
+        raise WriteConflict(
+            f"table {spec.name}{where}: another run committed to it while this one was writing "
+            f"({type(exc).__name__}); this run wrote nothing there, and it is safe to rerun the job"
+        ) from None
 
 
 def ensure_table(spark: SparkSession, spec: TableSpec, path: str) -> DeltaTable:
@@ -38,7 +81,8 @@ def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
 def append(spark: SparkSession, df: DataFrame, spec: TableSpec, path: str) -> int:
     """Append in one transaction; returns the new table version."""
     ensure_table(spark, spec, path)
-    conform(df, spec).write.format("delta").mode("append").save(path)
+    with _named_conflicts(spec):
+        conform(df, spec).write.format("delta").mode("append").save(path)
     return table_version(spark, path)
 
 
@@ -62,7 +106,8 @@ def insert_new_rows(
         return 0
     in_list = ", ".join(f"'{v.isoformat() if hasattr(v, 'isoformat') else v}'" for v in values)
     condition = f"t.{partition_col} IN ({in_list}) AND t.{partition_col} = s.{partition_col} AND t.{key} = s.{key}"
-    metrics = target.alias("t").merge(conform(df, spec).alias("s"), condition).whenNotMatchedInsertAll().execute()
+    with _named_conflicts(spec, f" ({partition_col} {', '.join(map(str, values))})"):
+        metrics = target.alias("t").merge(conform(df, spec).alias("s"), condition).whenNotMatchedInsertAll().execute()
     if metrics is not None and "num_inserted_rows" in metrics.columns:
         return int(metrics.first()["num_inserted_rows"])
     last = target.history(1).select("operationMetrics").first()[0]
@@ -75,21 +120,36 @@ class Commit:
     rows_written: int
 
 
-def replace_partition(spark: SparkSession, df: DataFrame, spec: TableSpec, path: str, value) -> Commit:
-    """Replace one partition (e.g. ``ds = D``) with ``df`` in one transaction.
-
-    Readers see either the old partition or the new one, never a mix; rows of ``df`` outside the
-    partition make Delta fail the write instead of touching other partitions.
-    """
+def replace_partition(
+    spark: SparkSession, df: DataFrame, spec: TableSpec, path: str, value, conflict_retries: int = 0
+) -> Commit:
+    """Replace one partition (e.g. ``ds = D``) with ``df`` in one transaction (see replace_where)."""
     (partition_col,) = spec.partition_by
-    ensure_table(spark, spec, path)
     literal = value.isoformat() if hasattr(value, "isoformat") else value
-    (
-        conform(df, spec)
-        .write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", f"{partition_col} = '{literal}'")
-        .save(path)
-    )
-    last = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics").first()
+    return replace_where(spark, df, spec, path, f"{partition_col} = '{literal}'", conflict_retries)
+
+
+def replace_where(
+    spark: SparkSession, df: DataFrame, spec: TableSpec, path: str, predicate: str, conflict_retries: int = 0
+) -> Commit:
+    """Replace the rows matching ``predicate`` (SQL, on partition columns at least) with ``df`` in
+    one transaction.
+
+    Readers see either the old rows or the new ones, never a mix; rows of ``df`` outside the
+    predicate make Delta fail the write instead of touching other rows. A commit that loses the
+    race to another run's is tried again up to ``conflict_retries`` times (the replace is
+    idempotent), then fails with a WriteConflict naming the table and the predicate.
+    """
+    table = ensure_table(spark, spec, path)
+    writer = conform(df, spec).write.format("delta").mode("overwrite").option("replaceWhere", predicate)
+    for attempt in range(conflict_retries + 1):
+        try:
+            with _named_conflicts(spec, f" ({predicate})"):
+                writer.save(path)
+            break
+        except WriteConflict as exc:
+            if attempt == conflict_retries:
+                raise
+            log.warning("%s; retrying (%d of %d)", exc, attempt + 1, conflict_retries)
+    last = table.history(1).select("version", "operationMetrics").first()
     return Commit(version=last["version"], rows_written=int(last["operationMetrics"].get("numOutputRows", 0)))

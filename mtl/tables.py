@@ -80,7 +80,12 @@ EVENTS_QUARANTINE = TableSpec(
         Column("input_file", T.StringType(), True, "File the row was read from."),
         Column("raw_record", T.StringType(), True, "The raw line, or the raw row as JSON."),
         Column("reason", T.StringType(), False, "Reason code, e.g. MALFORMED_RECORD, TIMESTAMP_OUT_OF_RANGE."),
-        Column("detail", T.StringType(), True, "The offending value, where there is one."),
+        Column(
+            "detail",
+            T.StringType(),
+            True,
+            "The offending value, where there is one; for BAD_ENCODING and ID_TOO_LONG the source column or field.",
+        ),
         Column(
             "run_rejected", T.BooleanType(), False, "True when the run failed its quarantine limit and wrote no events."
         ),

@@ -63,6 +63,37 @@ def test_every_bad_row_kind_is_quarantined_with_its_reason(spark, make_config, w
     assert events(spark, cfg).count() == 1
 
 
+def test_ids_over_the_length_bound_and_text_that_was_not_utf8_are_quarantined(spark, make_config, tmp_path):
+    """ingest.max_id_length bounds user, item and category ids; bytes that were not UTF-8 (which the
+    reader turns into U+FFFD) never reach events as if they were text."""
+    cfg = make_config("ingest.max_quarantine_share=1.0", "ingest.max_id_length=8")
+    lines = [
+        b"12345678,100,10,pv,1511600000",  # at the bound: accepted
+        b"123456789,100,10,pv,1511600000",  # user id one over
+        b"1,100,123456789,pv,1511600000",  # category id one over
+        b"1," + b"9" * 200_000 + b",10,pv,1511600000",  # 200,000-character item id
+        b"1,10\xff0,10,pv,1511600000",  # invalid UTF-8 in the item id
+        b"1,100,\xc3,buy,1511600000",  # a truncated two-byte sequence in the category
+    ]
+    path = tmp_path / "input" / "limits.csv"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    result = run_ingest(spark, cfg, str(path))
+
+    assert (result.rows_read, result.accepted, result.quarantined, result.duplicates) == (6, 1, 5, 0)
+    assert result.reject_reasons == {N.ID_TOO_LONG: 3, N.BAD_ENCODING: 2}
+    rows = quarantine(spark, cfg).filter(F.col("run_id") == result.run_id).collect()
+    assert sorted((r.reason, r.detail) for r in rows) == [
+        (N.BAD_ENCODING, "category"),
+        (N.BAD_ENCODING, "item"),
+        (N.ID_TOO_LONG, "category_id"),
+        (N.ID_TOO_LONG, "item_id"),
+        (N.ID_TOO_LONG, "user_id"),
+    ]
+    assert max(len(r.raw_record) for r in rows) > 200_000  # the raw row is kept whole
+    assert [r.user_id for r in events(spark, cfg).collect()] == ["12345678"]
+
+
 def test_purchase_quantity_and_price_checks(spark, make_config, write_file):
     cfg = make_config("ingest.max_quarantine_share=1.0")
     path = write_file(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import logging
 import math
 from pathlib import Path
 
@@ -349,7 +350,7 @@ def test_score_formula(spark, make_config):
     )
 
 
-def test_rerun_replaces_pseudonymises_and_a_failed_check_keeps_the_partition(spark, world, monkeypatch):
+def test_rerun_replaces_pseudonymises_and_a_failed_check_keeps_the_partition(spark, world, monkeypatch, caplog):
     root, _ = world
     run_score(spark, _config(root, "scoring.k=3", *NO_FILTERS), D)
     assert _published(spark, _config(root)).count() == 15
@@ -361,7 +362,9 @@ def test_rerun_replaces_pseudonymises_and_a_failed_check_keeps_the_partition(spa
     with pytest.raises(JobError, match="TEST_SCORE_KEY"):
         run_score(spark, private, D)
     monkeypatch.setenv("TEST_SCORE_KEY", "s3cret")
-    run_score(spark, private, D)
+    with caplog.at_level(logging.DEBUG, logger="mtl"):
+        run_score(spark, private, D)
+    assert caplog.records and "s3cret" not in caplog.text  # the key is never logged
     rows = _published(spark, private).collect()
     hashed = {u: hmac.new(b"s3cret", u.encode(), hashlib.sha256).hexdigest() for u in ACTIVE + ["u6"]}
     assert sorted(r.user_id for r in rows) == sorted(hashed[u] for u in ACTIVE for _ in range(2))

@@ -13,6 +13,10 @@ def check_config(cfg: Config) -> None:
     """Raise ConfigError naming the first key that breaks a rule."""
     if not 0.0 <= cfg.ingest.max_quarantine_share <= 1.0:
         raise ConfigError("ingest.max_quarantine_share: must be between 0 and 1")
+    if cfg.storage.conflict_retries < 0:
+        raise ConfigError(f"storage.conflict_retries: must be at least 0, got {cfg.storage.conflict_retries}")
+    if cfg.ingest.max_id_length < 1:
+        raise ConfigError(f"ingest.max_id_length: must be at least 1, got {cfg.ingest.max_id_length}")
     if cfg.spark.shuffle_partitions < 1:
         raise ConfigError("spark.shuffle_partitions: must be at least 1")
     weekday = cfg.pipeline.full_retrain_weekday

@@ -39,6 +39,9 @@ class SparkConfig:
 class StorageConfig:
     # Root of every Delta table: a local folder or an object-store URI (s3a://, abfss://, gs://).
     warehouse: str = "warehouse"
+    # A partition replace that lost a commit race to another run (Delta's ConcurrentAppendException
+    # and its siblings) is retried this many times; the replace is idempotent, so this is safe.
+    conflict_retries: int = 2
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class IngestConfig:
     max_quarantine_share: float = 0.01
     # events stamped later than the run time plus this many hours are out of range
     max_future_skew_hours: float = 24.0
+    # user, item and category ids longer than this many characters are quarantined (ID_TOO_LONG)
+    max_id_length: int = 256
 
 
 @dataclass(frozen=True)

@@ -214,18 +214,11 @@ def write_metrics(
         }
         for r in rows
     ]
-    path = MODEL_METRICS.path(cfg.storage)
-    table = delta_io.ensure_table(spark, MODEL_METRICS, path)
     df = spark.createDataFrame(records, MODEL_METRICS.schema)
-    (
-        delta_io.conform(df, MODEL_METRICS)
-        .write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", f"ds = '{ds.isoformat()}' AND model_version = '{_quoted(model_version)}'")
-        .save(path)
+    predicate = f"ds = '{ds.isoformat()}' AND model_version = '{_quoted(model_version)}'"
+    return delta_io.replace_where(
+        spark, df, MODEL_METRICS, MODEL_METRICS.path(cfg.storage), predicate, cfg.storage.conflict_retries
     )
-    last = table.history(1).select("version", "operationMetrics").first()
-    return Commit(version=last["version"], rows_written=int(last["operationMetrics"].get("numOutputRows", 0)))
 
 
 def read_metrics(

@@ -172,7 +172,14 @@ def build_features(spark: SparkSession, cfg: Config, ds: dt.date) -> FeatureResu
                 _record(
                     result,
                     spec,
-                    delta_io.replace_partition(spark, df.withColumn("ds", F.lit(ds)), spec, spec.path(cfg.storage), ds),
+                    delta_io.replace_partition(
+                        spark,
+                        df.withColumn("ds", F.lit(ds)),
+                        spec,
+                        spec.path(cfg.storage),
+                        ds,
+                        cfg.storage.conflict_retries,
+                    ),
                 )
         finally:
             spark.catalog.clearCache()
@@ -184,7 +191,9 @@ def build_features(spark: SparkSession, cfg: Config, ds: dt.date) -> FeatureResu
         _record(
             result,
             FEATURE_STATS,
-            delta_io.replace_partition(spark, stats, FEATURE_STATS, FEATURE_STATS.path(cfg.storage), ds),
+            delta_io.replace_partition(
+                spark, stats, FEATURE_STATS, FEATURE_STATS.path(cfg.storage), ds, cfg.storage.conflict_retries
+            ),
         )
         run.tables_written = dict(result.versions)
         run.output_rows = result.rows[TRAINING_EXAMPLES.name]

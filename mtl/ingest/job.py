@@ -73,7 +73,7 @@ def run_ingest(
     with RunRecorder(spark, cfg, "ingest", ds) as run:
         run.details.update(input=path, format=format_name, source=source)
         log.info("reading %s as %s", path, format_name)
-        rows = normalize(read_raw(spark, fmt, path), fmt, source, cfg.ingest.max_future_skew_hours)
+        rows = normalize(read_raw(spark, fmt, path), fmt, source, cfg.ingest)
         # Three actions read these rows (counts, quarantine, events): parse the input once.
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
         try:

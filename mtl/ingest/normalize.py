@@ -9,14 +9,16 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mtl.config import CANONICAL_EVENT_TYPES, FormatConfig
+from mtl.config import CANONICAL_EVENT_TYPES, FormatConfig, IngestConfig
 from mtl.ingest.read import CORRUPT_COLUMN, INPUT_FILE_COLUMN
 from mtl.tables import EVENTS
 
 # Reject reasons, in the order they are checked (a row gets the first that applies).
 MALFORMED_RECORD = "MALFORMED_RECORD"
+BAD_ENCODING = "BAD_ENCODING"
 MISSING_USER_ID = "MISSING_USER_ID"
 MISSING_ITEM_ID = "MISSING_ITEM_ID"
+ID_TOO_LONG = "ID_TOO_LONG"
 MISSING_TIMESTAMP = "MISSING_TIMESTAMP"
 BAD_TIMESTAMP = "BAD_TIMESTAMP"
 TIMESTAMP_OUT_OF_RANGE = "TIMESTAMP_OUT_OF_RANGE"
@@ -31,11 +33,14 @@ RAW_RECORD = "raw_record"
 INPUT_FILE = "input_file"
 
 _OFFSET_SUFFIX = r"(Z|[+-]\d{2}:?\d{2})$"
+# What the CSV and JSON readers put where the source bytes were not valid UTF-8.
+_REPLACEMENT_CHARACTER = "\ufffd"
 
 
-def normalize(raw: DataFrame, fmt: FormatConfig, source: str, max_future_skew_hours: float) -> DataFrame:
+def normalize(raw: DataFrame, fmt: FormatConfig, source: str, limits: IngestConfig) -> DataFrame:
     """Canonical ``events`` columns plus ``reject_reason`` (null for a valid row),
-    ``reject_detail``, ``raw_record`` (set on rejected rows only) and ``input_file``."""
+    ``reject_detail``, ``raw_record`` (set on rejected rows only) and ``input_file``.
+    ``limits``: the future skew and the id length that a valid row stays within."""
     mapping = fmt.mapping
 
     def source_col(field: str) -> Column:
@@ -68,17 +73,30 @@ def normalize(raw: DataFrame, fmt: FormatConfig, source: str, max_future_skew_ho
     price = raw_price.try_cast("double")
 
     out_of_range = event_ts > F.current_timestamp() + F.expr(
-        f"make_dt_interval(0, 0, 0, {max_future_skew_hours * 3600})"
+        f"make_dt_interval(0, 0, 0, {limits.max_future_skew_hours * 3600})"
     )
     if fmt.valid_from:
         out_of_range = out_of_range | (event_date < F.lit(fmt.valid_from).cast("date"))
     if fmt.valid_until:
         out_of_range = out_of_range | (event_date >= F.lit(fmt.valid_until).cast("date"))
 
+    text_columns = sorted({c for c in mapping.values() if isinstance(raw.schema[c].dataType, T.StringType)})
+    badly_encoded = F.coalesce(
+        *[F.when(F.instr(F.col(f"`{c}`"), _REPLACEMENT_CHARACTER) > 0, F.lit(c)) for c in text_columns],
+        F.lit(None).cast("string"),
+    )
+    ids = {"user_id": user_id, "item_id": item_id, "category_id": category_id}
+    too_long = F.coalesce(
+        *[F.when(F.length(col) > limits.max_id_length, F.lit(name)) for name, col in ids.items()],
+        F.lit(None).cast("string"),
+    )
+
     checks: list[tuple[Column, str, Column]] = [
         (F.col(CORRUPT_COLUMN).isNotNull(), MALFORMED_RECORD, F.lit(None)),
+        (badly_encoded.isNotNull(), BAD_ENCODING, badly_encoded),
         (user_id.isNull(), MISSING_USER_ID, F.lit(None)),
         (item_id.isNull(), MISSING_ITEM_ID, F.lit(None)),
+        (too_long.isNotNull(), ID_TOO_LONG, too_long),
         (raw_ts.isNull(), MISSING_TIMESTAMP, F.lit(None)),
         (event_ts.isNull(), BAD_TIMESTAMP, raw_ts.cast("string")),
         (out_of_range, TIMESTAMP_OUT_OF_RANGE, raw_ts.cast("string")),

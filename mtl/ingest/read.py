@@ -3,6 +3,9 @@ the raw record of rows the reader could not parse, and the input file name."""
 
 from __future__ import annotations
 
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -65,12 +68,57 @@ def _read_json(spark: SparkSession, fmt: FormatConfig, path: str) -> DataFrame:
     )
 
 
+_NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
+
+
 def _read_parquet(spark: SparkSession, fmt: FormatConfig, path: str) -> DataFrame:
-    df = spark.read.parquet(path)
+    nanos_as_long = spark.conf.get(_NANOS_AS_LONG, "false") == "true"
+    if not nanos_as_long:
+        try:
+            df = spark.read.parquet(path)
+        except AnalysisException as exc:
+            if "TIMESTAMP(NANOS" not in str(exc):
+                raise
+            # Spark reads the files when the plan runs, not here: the setting stays on for the
+            # session. It changes only columns Spark would refuse to read at all.
+            spark.conf.set(_NANOS_AS_LONG, "true")
+            nanos_as_long = True
+    if nanos_as_long:
+        df = _nanosecond_timestamps(spark.read.parquet(path))
     _require_columns(fmt, df.columns, path)
     present = [f"`{c}`" for c in sorted(set(fmt.mapping.values())) if c in df.columns]
     df = df.select(*present).withColumn(CORRUPT_COLUMN, F.lit(None).cast("string"))
     return _add_absent_optional_columns(fmt, df)
+
+
+def _nanosecond_timestamps(df: DataFrame) -> DataFrame:
+    """Parquet as pandas and pyarrow 13+ write it by default (INT64 TIMESTAMP(NANOS)), which Spark
+    reads only as longs (with ``nanosAsLong`` on): those columns as Spark's microsecond timestamps,
+    wall-clock ones (not adjusted to UTC) as TIMESTAMP_NTZ so that the format's
+    ``source_time_zone`` applies. Sub-microsecond digits are dropped. The first file's schema
+    tells which long columns are such timestamps."""
+    longs = {f.name for f in df.schema.fields if isinstance(f.dataType, T.LongType)}
+    files = df.inputFiles()
+    if not longs or not files:
+        return df
+    converted = {}
+    for field in _arrow_schema(files[0]):
+        if field.name in longs and pa.types.is_timestamp(field.type) and field.type.unit == "ns":
+            instant = F.timestamp_micros(F.floor(F.col(f"`{field.name}`") / 1000).cast("long"))
+            # Spark's session time zone is UTC (mtl.spark): the cast keeps the stored wall clock.
+            converted[field.name] = instant if field.type.tz is not None else instant.cast("timestamp_ntz")
+    return df.withColumns(converted)
+
+
+def _arrow_schema(uri: str) -> pa.Schema:
+    try:
+        filesystem, file_path = pafs.FileSystem.from_uri(uri)
+        return pq.read_schema(file_path, filesystem=filesystem)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(
+            f"input {uri}: its Parquet schema could not be read to find nanosecond timestamps ({exc}); "
+            "rewrite the file with microsecond timestamps (pandas: df.to_parquet(..., coerce_timestamps='us'))"
+        ) from None
 
 
 def _require_columns(fmt: FormatConfig, available: list[str], path: str) -> None:

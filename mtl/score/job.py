@@ -188,7 +188,9 @@ def _stage_check_publish(
         raise_on_violations(checks)
         started = time.perf_counter()
         for spec, check in zip(staged, checks):
-            commit = delta_io.replace_partition(spark, staged[spec], spec, spec.path(cfg.storage), ds)
+            commit = delta_io.replace_partition(
+                spark, staged[spec], spec, spec.path(cfg.storage), ds, cfg.storage.conflict_retries
+            )
             result.versions[spec.name] = commit.version
             result.rows[spec.name] = commit.rows_written
             result.users[spec.name] = check.users
