@@ -84,15 +84,17 @@ def _config(root: Path, *overrides: str):
 
 
 def _publish(spark, cfg, folder: Path, broken_task: str | None = None) -> str:
-    """Register a model of fixed random weights (NaN weights in one task tower if asked)."""
+    """Register a model of fixed random weights (NaN weights in one task's towers, those of every
+    row kind, if asked)."""
     stats = read_feature_stats(spark, cfg, D)
     model_cfg = load_model_config(ROOT / "conf" / "models" / "mmoe.yaml", TINY_MODEL)
     torch.manual_seed(0)
     model = build_model(model_cfg, model_fields(), stats)
     if broken_task:
         with torch.no_grad():
-            for p in model.towers[broken_task].parameters():
-                p.fill_(float("nan"))
+            for towers in [model.towers, *model.kind_towers.values()]:
+                for p in towers[broken_task].parameters():
+                    p.fill_(float("nan"))
     return register_model(cfg, model, model_cfg, stats, {"ds": D.isoformat()}, folder=folder)[0]
 
 
