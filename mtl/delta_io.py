@@ -8,17 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
-import delta.exceptions.captured  # noqa: F401 - makes PySpark raise Delta's conflicts as the classes below
-from delta.exceptions import (
-    ConcurrentAppendException,
-    ConcurrentDeleteDeleteException,
-    ConcurrentDeleteReadException,
-    ConcurrentTransactionException,
-    ConcurrentWriteException,
-    DeltaConcurrentModificationException,
-    MetadataChangedException,
-    ProtocolChangedException,
-)
+import delta.exceptions
+import delta.exceptions.captured  # noqa: F401 - makes PySpark raise Delta's conflicts as these classes
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -28,17 +19,9 @@ from mtl.tables import TableSpec
 
 log = logging.getLogger(__name__)
 
-# Delta's commit conflicts: another transaction committed to the table first.
-CONFLICTS = (
-    ConcurrentAppendException,
-    ConcurrentDeleteDeleteException,
-    ConcurrentDeleteReadException,
-    ConcurrentTransactionException,
-    ConcurrentWriteException,
-    DeltaConcurrentModificationException,
-    MetadataChangedException,
-    ProtocolChangedException,
-)
+# Every class delta.exceptions exports is a commit conflict: another transaction committed to
+# the table first (ConcurrentAppendException and its siblings).
+CONFLICTS = tuple(getattr(delta.exceptions, name) for name in delta.exceptions.__all__)
 
 
 class WriteConflict(JobError):
