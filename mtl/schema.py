@@ -32,6 +32,13 @@ CANDIDATE_SOURCES: tuple[str, ...] = (*TABLE_CANDIDATE_SOURCES, "two_tower")
 
 ROW_KINDS: tuple[str, ...] = ("exposure", "repurchase_item", "repurchase_category", "candidate")
 REPURCHASE_ROW_KINDS: tuple[str, ...] = ("repurchase_item", "repurchase_category")
+# The model's input row_kind_code: a row kind's 1-based position in ROW_KINDS (0: none).
+ROW_KIND_FIELD = "row_kind_code"
+
+
+def row_kind_code(kind: str) -> int:
+    return ROW_KINDS.index(kind) + 1
+
 
 Side = Literal["user", "item", "pair"]
 Kind = Literal["categorical", "sequence", "dense"]
@@ -132,7 +139,7 @@ def model_fields() -> tuple[Field, ...]:
         Field("u_top_category_hashes", "sequence", "user", "category", TOP_CATEGORIES),
         Field("item_hash", "categorical", "item", "item"),
         Field("category_hash", "categorical", "item", "category"),
-        Field("row_kind_code", "categorical", "pair", "row_kind"),
+        Field(ROW_KIND_FIELD, "categorical", "pair", "row_kind"),
     ]
     fields += [Field(c, "dense", "user") for c in USER_DENSE]
     fields += [Field(c, "dense", "item") for c in ITEM_DENSE]

@@ -15,7 +15,7 @@ from mtl.models import MultiTaskLoss, build_model, load_model_config
 from mtl.models.embedding import dense_feature_stats, hash_to_bucket
 from mtl.models.losses import FrequencyEstimator, ctcvr_loss, in_batch_softmax_loss, masked_bce_with_logits
 from mtl.models.multi_task.esmm import ctcvr_logit
-from mtl.schema import LABELS, ROW_KINDS, Field, model_fields
+from mtl.schema import LABELS, Field, model_fields, row_kind_code
 from tests.support.model_data import FIELDS, MODEL_CONF, TASKS, World, model_config, one_torch_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -228,7 +228,7 @@ def test_kind_towers_give_rows_of_that_kind_heads_of_their_own(batch):
     towers; every other row keeps the shared ones."""
     batch = dict(batch)
     candidate = torch.arange(256) % 3 == 0
-    batch["row_kind_code"] = torch.where(candidate, ROW_KINDS.index("candidate") + 1, batch["row_kind_code"])
+    batch["row_kind_code"] = torch.where(candidate, row_kind_code("candidate"), batch["row_kind_code"])
     torch.manual_seed(0)
     plain = build_model(model_config("mmoe", "architecture.kind_towers=[]"), FIELDS, None)
     torch.manual_seed(0)

@@ -15,6 +15,7 @@ from mtl.schema import (
     HISTORY_LENGTH,
     ITEM_DENSE,
     PAD_HASH,
+    ROW_KIND_FIELD,
     ROW_KINDS,
     TOP_CATEGORIES,
     USER_CATEGORY_DENSE,
@@ -120,6 +121,7 @@ def user_inputs(users: DataFrame, defaults: dict[str, float]) -> DataFrame:
 def _finish(joined: DataFrame, defaults: dict[str, float], passthrough: tuple[str, ...]) -> DataFrame:
     """The model's columns of rows with their features joined on: id hashes, padded sequences
     and dense values, each missing one filled."""
+    # 1-based, as mtl.schema.row_kind_code
     kind_code = F.array_position(F.array(*[F.lit(k) for k in ROW_KINDS]), F.col("row_kind")).cast("long")
     return joined.select(
         "user_id",
@@ -129,7 +131,7 @@ def _finish(joined: DataFrame, defaults: dict[str, float], passthrough: tuple[st
         id_hash(F.col("user_id")).alias("user_hash"),
         id_hash(F.col("item_id")).alias("item_hash"),
         id_hash(F.col("category_id")).alias("category_hash"),
-        kind_code.alias("row_kind_code"),
+        kind_code.alias(ROW_KIND_FIELD),
         F.coalesce("hist_item_hashes", _pad(HISTORY_LENGTH)).alias("hist_item_hashes"),
         F.coalesce("hist_category_hashes", _pad(HISTORY_LENGTH)).alias("hist_category_hashes"),
         F.coalesce("hist_length", F.lit(0)).alias("hist_length"),

@@ -21,10 +21,7 @@ from mtl.models.matching.two_tower import TwoTower
 from mtl.models.model_config import ModelConfig, check_model_config
 from mtl.models.multi_task import build_backbone
 from mtl.models.multi_task.esmm import ctcvr_logit, ctcvr_prob
-from mtl.schema import ROW_KINDS, Field
-
-# The categorical field that tells a row's kind (the code of mtl.schema.ROW_KINDS).
-KIND_FIELD = "row_kind_code"
+from mtl.schema import ROW_KIND_FIELD, Field, row_kind_code
 
 
 @dataclass
@@ -54,10 +51,9 @@ class MultiTaskRecModel(nn.Module):
         self.input_sides = tuple(s for s in SIDES if widths[s])
         self.backbone = build_backbone(arch, sum(widths.values()), len(self.tasks))
         self.towers = self._towers()
-        if arch.kind_towers and KIND_FIELD not in names:
-            raise ConfigError(f"architecture.kind_towers: the schema has no {KIND_FIELD} field to tell rows apart")
-        # A row's code is its 1-based position in ROW_KINDS (mtl.features.assemble).
-        self.kind_codes = {kind: ROW_KINDS.index(kind) + 1 for kind in arch.kind_towers}
+        if arch.kind_towers and ROW_KIND_FIELD not in names:
+            raise ConfigError(f"architecture.kind_towers: the schema has no {ROW_KIND_FIELD} field to tell rows apart")
+        self.kind_codes = {kind: row_kind_code(kind) for kind in arch.kind_towers}
         self.kind_towers = nn.ModuleDict({kind: self._towers() for kind in arch.kind_towers})
         # ESMM: the tower of the CTCVR task is the CVR tower; its task output is the product.
         self.esmm_tasks = (arch.esmm_ctr_task, arch.esmm_ctcvr_task) if arch.name == "esmm" else None
@@ -129,7 +125,7 @@ class MultiTaskRecModel(nn.Module):
         through that kind's towers instead, and each row through one tower only."""
         if not self.kind_towers:
             return {t: self.towers[t](h) for t, h in hidden.items()}
-        codes = batch[KIND_FIELD]
+        codes = batch[ROW_KIND_FIELD]
         groups = [(codes == self.kind_codes[kind], towers) for kind, towers in self.kind_towers.items()]
         shared = ~torch.stack([rows for rows, _ in groups]).any(dim=0)
         groups = [(rows, towers) for rows, towers in [*groups, (shared, self.towers)] if bool(rows.any())]
