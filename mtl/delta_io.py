@@ -39,6 +39,11 @@ def _named_conflicts(spec: TableSpec, where: str = "") -> Iterator[None]:
         ) from None
 
 
+def _literal(value) -> str:
+    """A partition value as it appears in a SQL predicate (dates as ISO text)."""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 def ensure_table(spark: SparkSession, spec: TableSpec, path: str) -> DeltaTable:
     """Create the table (empty, with its schema, partitioning and comments) if it is not there."""
     if DeltaTable.isDeltaTable(spark, path):
@@ -87,9 +92,9 @@ def insert_new_rows(
     values = sorted(set(partition_values))
     if not values:
         return 0
-    in_list = ", ".join(f"'{v.isoformat() if hasattr(v, 'isoformat') else v}'" for v in values)
+    in_list = ", ".join(f"'{_literal(v)}'" for v in values)
     condition = f"t.{partition_col} IN ({in_list}) AND t.{partition_col} = s.{partition_col} AND t.{key} = s.{key}"
-    with _named_conflicts(spec, f" ({partition_col} {', '.join(map(str, values))})"):
+    with _named_conflicts(spec, f" ({partition_col} IN ({in_list}))"):
         metrics = target.alias("t").merge(conform(df, spec).alias("s"), condition).whenNotMatchedInsertAll().execute()
     if metrics is not None and "num_inserted_rows" in metrics.columns:
         return int(metrics.first()["num_inserted_rows"])
@@ -108,8 +113,7 @@ def replace_partition(
 ) -> Commit:
     """Replace one partition (e.g. ``ds = D``) with ``df`` in one transaction (see replace_where)."""
     (partition_col,) = spec.partition_by
-    literal = value.isoformat() if hasattr(value, "isoformat") else value
-    return replace_where(spark, df, spec, path, f"{partition_col} = '{literal}'", conflict_retries)
+    return replace_where(spark, df, spec, path, f"{partition_col} = '{_literal(value)}'", conflict_retries)
 
 
 def replace_where(

@@ -240,9 +240,7 @@ def test_kind_towers_give_rows_of_that_kind_heads_of_their_own(batch):
         assert not torch.allclose(p_plain[task][candidate], p_split[task][candidate])
 
     only_others = {k: v[~candidate] for k, v in batch.items()}
-    MultiTaskLoss(model_config("mmoe", "architecture.kind_towers=[candidate]"))(
-        split(only_others), only_others
-    ).total.backward()
+    MultiTaskLoss(split.cfg)(split(only_others), only_others).total.backward()
     own = split.kind_towers["candidate"]
     assert all(p.grad is None or not p.grad.any() for p in own.parameters()), "no candidate row, no gradient"
     assert all(t.out.weight.grad.abs().sum() > 0 for t in split.towers.values())
