@@ -1,7 +1,7 @@
 """mtl_recsys_daily: the daily recommender chain, one spark-submit task per job.
 
 ingest >> build_features >> train >> evaluate >> publish (the quality gate)
-  >> gate_decision >> use_new_model | keep_previous_model >> score >> check_outputs
+  >> gate_decision >> use_new_model | keep_previous_model >> score >> check_outputs >> monitor
 
 Each run passes its logical date as ``--ds``. A refused gate fails ``publish`` and leaves the
 champion as it was; ``gate_decision`` then takes ``keep_previous_model`` and the run still scores

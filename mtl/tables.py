@@ -498,6 +498,51 @@ REPURCHASE_PREDICTIONS = TableSpec(
 
 SCORE_TABLES = (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS)
 
+MONITORING_METRICS = TableSpec(
+    name="monitoring_metrics",
+    comment=(
+        "What the monitor measured on ds, one row per (metric, subject): input drift (PSI of each dense feature and "
+        "of the event mix against the reference window), prediction drift, output health and model health, each "
+        "with the threshold it was held to and the severity it reached. A rerun for a ds replaces its partition."
+    ),
+    partition_by=("ds",),
+    columns=(
+        Column("ds", T.DateType(), False, "The day monitored."),
+        Column("run_id", T.StringType(), False, "The monitor run (see pipeline_runs)."),
+        Column("check_group", T.StringType(), False, "input_drift, prediction_drift, output_health or model_health."),
+        Column(
+            "metric",
+            T.StringType(),
+            False,
+            "feature_psi, event_mix_psi, event_volume_ratio, prediction_psi, users_scored_share, "
+            "catalogue_coverage, new_item_share, source_share or metric_drop (docs/monitoring.md).",
+        ),
+        Column(
+            "subject",
+            T.StringType(),
+            False,
+            "What was measured: table.column of a feature, a probability column, a candidate source, "
+            "task.metric@k of an evaluation metric, or the table.",
+        ),
+        Column("value", T.DoubleType(), True, "The measurement; null when it is undefined (e.g. no reference yet)."),
+        Column(
+            "reference_value",
+            T.DoubleType(),
+            True,
+            "What it is compared with, where the metric is a comparison of two values (e.g. the trailing mean).",
+        ),
+        Column("severity", T.StringType(), False, "ok, warn or fail: the worst bound the value crossed."),
+        *(
+            Column(bound, T.DoubleType(), True, f"The {bound.replace('_', ' ')} bound of the rule applied; null: none.")
+            for bound in ("warn_above", "fail_above", "warn_below", "fail_below")
+        ),
+        Column("reference_start", T.DateType(), True, "First day of the reference window, where there is one."),
+        Column("reference_end", T.DateType(), True, "Last day of the reference window, where there is one."),
+        Column("note", T.StringType(), True, "Why a value is null, or what the reference was."),
+        Column("computed_at", T.TimestampType(), False, "When the monitor run started (UTC)."),
+    ),
+)
+
 CANDIDATE_TABLES = (ITEM_NEIGHBOURS, CANDIDATES)
 
 ALL_TABLES = (
@@ -508,6 +553,7 @@ ALL_TABLES = (
     *CANDIDATE_TABLES,
     MODEL_METRICS,
     *SCORE_TABLES,
+    MONITORING_METRICS,
 )
 
 

@@ -50,8 +50,9 @@ EDGES = {
     ("use_new_model", "score"),
     ("keep_previous_model", "score"),
     ("score", "check_outputs"),
+    ("check_outputs", "monitor"),
 }
-JOBS = ("ingest", "build_features", "train", "evaluate", "publish", "score", "check_outputs")
+JOBS = ("ingest", "build_features", "train", "evaluate", "publish", "score", "check_outputs", "monitor")
 
 # What the Airflow side reports about the DAG folder, as JSON. Each scenario is a settings
 # Variable (or none); the Variable is read when the DAG file is parsed.
@@ -559,7 +560,7 @@ def test_refused_gate_scores_with_the_previous_champion(spark, airflow_home, wor
     assert tasks["publish"] == "failed"
     assert tasks["gate_decision"] == "success" and tasks["keep_previous_model"] == "success"
     assert tasks["use_new_model"] == "skipped"
-    assert tasks["score"] == tasks["check_outputs"] == "success"
+    assert tasks["score"] == tasks["check_outputs"] == tasks["monitor"] == "success"
 
     for spec in (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS):
         versions = {r[0] for r in _partition(spark, cfg, spec, D + DAY).select("model_version").distinct().collect()}

@@ -26,6 +26,7 @@ STAGES = (
     "recommend",
     "evaluate",
     "score",
+    "monitor",
     "pipeline",
     "cli",
 )

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from mtl import registry
 from mtl.cli.pipeline import StepFailed, main, run_day
 from mtl.config import load_config
-from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
+from mtl.tables import DAILY_RECOMMENDATIONS, MONITORING_METRICS, REPURCHASE_PREDICTIONS
 from tests.conftest import LOCAL_CONF
 from tests.support.tables import read_table, runs
 from tests.support.worlds import START, build_world, world_overrides
@@ -53,6 +53,11 @@ def test_two_days_rerun_and_failure(spark, pipeline_world):
     for spec in (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS):
         for ds in (D1, D2):
             assert _partition(spark, cfg, spec, ds), (spec.name, ds)
+    # The monitor ran last: D1's outputs are D2's reference, so their drift has a value.
+    assert second.lines[-1].startswith("monitor: ds"), second.lines
+    monitored = read_table(spark, cfg, MONITORING_METRICS).where(F.col("ds") == F.lit(D2))
+    drift = {r.subject: r.value for r in monitored.where("metric = 'prediction_psi'").collect()}
+    assert drift["daily_recommendations.p_click"] is not None, drift
 
     before = {spec.name: _partition(spark, cfg, spec, D1) for spec in (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS)}
     day2 = _partition(spark, cfg, DAILY_RECOMMENDATIONS, D2)

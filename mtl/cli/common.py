@@ -14,6 +14,7 @@ from mtl.config import Config, ConfigError, load_config
 from mtl.errors import JobError
 from mtl.evaluate.gate import check_evaluation_config
 from mtl.models.model_config import load_model_config
+from mtl.monitor.metrics import check_monitoring_config
 
 DEFAULT_CONF = "conf/local.yaml"
 
@@ -75,6 +76,7 @@ def load_job_config(path: str, overrides: list[str]) -> Config:
     except ConfigError as exc:
         raise ConfigError(f"model_config ({cfg.model_config}): {exc}") from exc
     check_evaluation_config(cfg)
+    check_monitoring_config(cfg)
     return cfg
 
 

@@ -13,7 +13,9 @@ For ds D:
    previous champion (there is none on the very first day: then the chain stops there). A
    version older than the champion (a rerun of an earlier day) is not published;
 6. score D with the champion (a rerun: with the version D was scored with before);
-7. check the output tables.
+7. check the output tables;
+8. monitor D: drift and health against the days before (``monitoring_metrics``), with alerts; a
+   fail bound crossed fails the day.
 
 Every step is idempotent, so a rerun of a ds replaces what it wrote, and ``--from STEP`` resumes
 a failed run at the step that failed. The decisions above live in ``mtl/pipeline/policy.py``; each step here calls
@@ -47,6 +49,8 @@ from mtl.evaluate.publish import GateRefused
 from mtl.evaluate.publish import summarize as publish_summary
 from mtl.features.job import date_range
 from mtl.ingest.job import run_ingest
+from mtl.monitor.job import run_monitor
+from mtl.monitor.job import summarize as monitor_summary
 from mtl.pipeline.check_outputs import check_outputs
 from mtl.pipeline.policy import AUTO
 from mtl.pipeline.steps import STEP_NAMES as STEPS
@@ -136,6 +140,9 @@ def run_day(spark, cfg: Config, ds: dt.date, start_at: str = STEPS[0], retrain: 
     def checks() -> None:
         report.lines.append("check_outputs: " + check_outputs(spark, cfg, ds))
 
+    def monitor() -> None:
+        report.lines.append("monitor: " + monitor_summary(run_monitor(spark, cfg, ds)))
+
     actions: dict[str, Callable[[], None]] = {
         "ingest": ingest,
         "build_features": features,
@@ -144,6 +151,7 @@ def run_day(spark, cfg: Config, ds: dt.date, start_at: str = STEPS[0], retrain: 
         "publish": publish,
         "score": score,
         "check_outputs": checks,
+        "monitor": monitor,
     }
     for step in STEPS[STEPS.index(start_at) :]:
         log.info("ds %s: %s", ds, step)

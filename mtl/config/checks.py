@@ -104,6 +104,7 @@ def check_config(cfg: Config) -> None:
             _check_time_zone(getattr(fmt, key), f"{base}.{key}")
     _check_scoring(cfg)
     _check_candidates(cfg)
+    _check_monitoring(cfg)
 
 
 def _check_time_zone(name: str, key: str) -> None:
@@ -179,3 +180,36 @@ def _check_candidates(cfg: Config) -> None:
     for key in ("max_items_per_user", "neighbours_per_item"):
         if getattr(cv, key) < 1:
             raise ConfigError(f"candidates.co_visitation.{key}: must be at least 1")
+
+
+def _check_monitoring(cfg: Config) -> None:
+    """The numbers and the shape of each threshold rule; its metric names are checked by the
+    monitor itself (mtl.monitor.metrics.check_monitoring_config), which owns them."""
+    mon = cfg.monitoring
+    for key in ("reference_days", "new_item_days", "model_history_days", "history_days"):
+        if getattr(mon, key) < 1:
+            raise ConfigError(f"monitoring.{key}: must be at least 1")
+    if mon.psi_bins < 2:
+        raise ConfigError(f"monitoring.psi_bins: must be at least 2, got {mon.psi_bins}")
+    alert = mon.alert
+    if not alert.webhook_url_env:
+        raise ConfigError("monitoring.alert.webhook_url_env: must name an environment variable")
+    if alert.timeout_seconds <= 0:
+        raise ConfigError("monitoring.alert.timeout_seconds: must be positive")
+    if alert.retries < 0:
+        raise ConfigError("monitoring.alert.retries: must not be negative")
+    for i, rule in enumerate(mon.thresholds):
+        where = f"monitoring.thresholds[{i}] ({rule.metric})"
+        bounds = (rule.warn_above, rule.fail_above, rule.warn_below, rule.fail_below)
+        if rule.exempt and any(b is not None for b in bounds):
+            raise ConfigError(f"{where}: an exempt rule has no bounds")
+        if not rule.exempt and all(b is None for b in bounds):
+            raise ConfigError(
+                f"{where}: give at least one of warn_above, fail_above, warn_below, fail_below (or exempt: true)"
+            )
+        if not rule.subjects:
+            raise ConfigError(f'{where}.subjects: give at least one pattern ("*" matches every subject)')
+        if rule.warn_above is not None and rule.fail_above is not None and rule.warn_above > rule.fail_above:
+            raise ConfigError(f"{where}: warn_above {rule.warn_above} is above fail_above {rule.fail_above}")
+        if rule.warn_below is not None and rule.fail_below is not None and rule.warn_below < rule.fail_below:
+            raise ConfigError(f"{where}: warn_below {rule.warn_below} is below fail_below {rule.fail_below}")

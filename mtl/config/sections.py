@@ -388,6 +388,55 @@ class ScoringConfig:
     pseudonym_key_env: str = "MTL_PSEUDONYM_KEY"
 
 
+@dataclass(frozen=True)
+class ThresholdRule:
+    """When a monitored metric is a breach: above or below a bound, at warn or fail severity.
+
+    ``metric`` is a name of mtl.monitor.metrics.METRICS; ``subjects`` are fnmatch patterns of the
+    metric's subject (a feature column as ``table.column``, a probability column, a candidate
+    source, ``task.metric@k``); the first rule that matches a (metric, subject) decides.
+    """
+
+    metric: str
+    subjects: list[str] = field(default_factory=lambda: ["*"])
+    warn_above: Optional[float] = None
+    fail_above: Optional[float] = None
+    warn_below: Optional[float] = None
+    fail_below: Optional[float] = None
+    # true: the matching subjects are measured and recorded but never judged (e.g. item ages,
+    # which grow by a day every day while the log is younger than features.history_days).
+    exempt: bool = False
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    # The webhook's URL is read from this environment variable only (it often carries a token):
+    # never from a config file, never written to a log. Unset: breaches are logged only.
+    webhook_url_env: str = "MTL_MONITOR_WEBHOOK_URL"
+    timeout_seconds: float = 5.0
+    retries: int = 2
+    # "warn": every breach is sent; "fail": only fail breaches.
+    min_severity: Literal["warn", "fail"] = "warn"
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    """The monitor job (mtl/monitor/): drift and health of ds against a reference window."""
+
+    # Reference window: the days [ds - reference_days, ds) for input and prediction drift.
+    reference_days: int = 7
+    # Population stability index over this many quantile bins of the reference (plus one for nulls).
+    psi_bins: int = 10
+    # An item first seen this many days before ds or later (or without features) is new.
+    new_item_days: int = 7
+    # Model health: today's evaluation against the mean of the evaluated days in this window.
+    model_history_days: int = 7
+    # The monitoring report's history looks back this far.
+    history_days: int = 30
+    thresholds: list[ThresholdRule] = field(default_factory=list)
+    alert: AlertConfig = field(default_factory=AlertConfig)
+
+
 # Keys of Config holding a path that a config file gives relative to its own folder.
 FILE_RELATIVE_KEYS: tuple[str, ...] = ("model_config",)
 
@@ -408,6 +457,7 @@ class Config:
     gate: GateConfig = field(default_factory=GateConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     # The model's own YAML (architecture, embeddings, optimiser, trainer): in a file, relative to
     # that file's folder; in --set, to the working folder.
     model_config: str = "conf/models/mmoe.yaml"

@@ -72,15 +72,15 @@ class ReportData:
 
 
 def render(data: ReportData) -> str:
-    parts = [f"<h1>{_e(data.title)}</h1>", _facts(data.facts)]
-    parts += [f"<p class='note'>{_e(n)}</p>" for n in data.notes]
+    parts = [f"<h1>{escape(data.title)}</h1>", _facts(data.facts)]
+    parts += [f"<p class='note'>{escape(n)}</p>" for n in data.notes]
     if data.decision is not None:
         parts.append(_gate(data.decision))
     parts.append("<h2>Model vs. baselines</h2>")
     for task in BINARY_TASKS:
         table = _binary_table(data.rows, task.name)
         if table:
-            parts += [f"<h3>{_e(task.name)}</h3>", table]
+            parts += [f"<h3>{escape(task.name)}</h3>", table]
     lists = _ranking_table(data.rows, data.ks, RECOMMENDATIONS, ("coverage", "new_to_user"))
     if lists:
         parts += [f"<h3>{RECOMMENDATIONS} (the published list: candidates, ranking, filters, top K)</h3>", lists]
@@ -90,14 +90,14 @@ def render(data: ReportData) -> str:
     ranking = _ranking_table(data.rows, data.ks)
     if ranking:
         parts += [f"<h3>{RETRIEVAL} (full catalogue)</h3>", ranking]
-    parts += ["<h2>ROC curves</h2>", _img(_roc_figure(data))]
-    parts += ["<h2>Calibration</h2>", _img(_calibration_figure(data))]
+    parts += ["<h2>ROC curves</h2>", figure_html(_roc_figure(data))]
+    parts += ["<h2>Calibration</h2>", figure_html(_calibration_figure(data))]
     if data.rankings and data.relevant is not None:
-        parts += ["<h2>Recall@K</h2>", _img(_recall_figure(data))]
+        parts += ["<h2>Recall@K</h2>", figure_html(_recall_figure(data))]
     parts.append("<h2>History</h2>")
     history = _history_figure(data.history, data.ks)
-    parts.append(_img(history) if history is not None else "<p>No earlier evaluations in model_metrics.</p>")
-    return _PAGE.format(title=_e(data.title), body="\n".join(parts))
+    parts.append(figure_html(history) if history is not None else "<p>No earlier evaluations in model_metrics.</p>")
+    return html_page(data.title, parts)
 
 
 def _ordered(kinds) -> list[str]:
@@ -110,7 +110,7 @@ def _ordered(kinds) -> list[str]:
 
 
 def _facts(facts: dict[str, str]) -> str:
-    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts.items())
+    body = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in facts.items())
     return f"<table class='facts'>{body}</table>"
 
 
@@ -118,7 +118,7 @@ def _gate(decision: GateDecision) -> str:
     verdict = "would publish" if decision.passed else "would refuse"
     rows = "".join(
         f"<tr class='{'pass' if c.passed else 'fail'}'><td>{'pass' if c.passed else 'FAIL'}</td>"
-        f"<td>{_e(c.reason)}</td></tr>"
+        f"<td>{escape(c.reason)}</td></tr>"
         for c in decision.checks
     )
     return f"<h2>Quality gate: {verdict}</h2><table>{rows}</table>"
@@ -139,7 +139,7 @@ def _binary_table(rows: Sequence[MetricRow], task: str) -> str:
             value = values.get((kind, metric))
             strong = metric == "auc" and value is not None and value == best_auc
             cells.append(f"<td{' class=best' if strong else ''}>{_fmt(value)}</td>")
-        body.append(f"<tr><th>{_e(kind)}</th>{''.join(cells)}<td>{n[kind]:,}</td></tr>")
+        body.append(f"<tr><th>{escape(kind)}</th>{''.join(cells)}<td>{n[kind]:,}</td></tr>")
     return f"<table><tr><th>model</th>{head}<th>rows</th></tr>{''.join(body)}</table>"
 
 
@@ -162,7 +162,7 @@ def _ranking_table(
             value = values.get((kind, *c))
             cells += f"<td{' class=best' if value == best[c] and best[c] > 0 else ''}>{_fmt(value)}</td>"
         cells += "".join(f"<td>{_fmt(values.get((kind, m, None)))}</td>" for m in extra)
-        body.append(f"<tr><th>{_e(kind)}</th>{cells}<td>{users[kind]:,}</td></tr>")
+        body.append(f"<tr><th>{escape(kind)}</th>{cells}<td>{users[kind]:,}</td></tr>")
     return f"<table><tr><th>model</th>{head}<th>users</th></tr>{''.join(body)}</table>"
 
 
@@ -170,7 +170,8 @@ def _candidates_table(rows: Sequence[MetricRow]) -> str:
     mine = {(r.model_kind, r.metric): r.value for r in rows if r.task == CANDIDATES}
     sources = list(dict.fromkeys(kind for kind, _ in mine))
     body = "".join(
-        f"<tr><th>{_e(s)}</th><td>{_fmt(mine.get((s, 'recall')))}</td><td>{_fmt(mine.get((s, 'per_user')))}</td></tr>"
+        f"<tr><th>{escape(s)}</th><td>{_fmt(mine.get((s, 'recall')))}</td>"
+        f"<td>{_fmt(mine.get((s, 'per_user')))}</td></tr>"
         for s in sources
     )
     return f"<table><tr><th>source</th><th>recall</th><th>candidates per user</th></tr>{body}</table>" if body else ""
@@ -305,7 +306,8 @@ def _history_figure(history: pd.DataFrame, ks: Sequence[int]):
     return fig
 
 
-def _img(fig) -> str:
+def figure_html(fig) -> str:
+    """An <img> of ``fig`` embedded as a base64 PNG (the page stays one self-contained file); closes it."""
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=90)
@@ -313,8 +315,13 @@ def _img(fig) -> str:
     return f"<img alt='plot' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
 
 
-def _e(text: object) -> str:
+def escape(text: object) -> str:
     return html.escape(str(text))
+
+
+def html_page(title: str, parts: Sequence[str]) -> str:
+    """One HTML page of the report's style around ``parts`` (HTML fragments)."""
+    return _PAGE.format(title=escape(title), body="\n".join(parts))
 
 
 _PAGE = """<!DOCTYPE html>

@@ -123,6 +123,14 @@ STEPS: tuple[Step, ...] = (
         timeout_minutes=30,
         doc="Data-quality checks of both output tables for ds (QUALITY_CHECKS); fails on any violation.",
     ),
+    Step(
+        "monitor",
+        "jobs/monitor.py",
+        retries=1,
+        timeout_minutes=30,
+        doc="Drift and health of ds against the days before -> `monitoring_metrics`, judged by "
+        "`monitoring.thresholds`; breaches go to the alert webhook, a fail bound crossed fails the task.",
+    ),
 )
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
 BY_NAME: dict[str, Step] = {s.name: s for s in STEPS}
