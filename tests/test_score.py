@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mtl import registry
+from mtl.cli.export import main as export_main
 from mtl.cli.score import main
 from mtl.config import ConfigError, ScoringFiltersConfig, load_config
 from mtl.data.batch import in_memory_batches
@@ -460,3 +461,38 @@ def test_config_checks_and_cli_errors(make_config, tmp_path, capsys):
         ]
     )
     assert code == 1
+
+
+def test_the_onnx_runtime_writes_the_tables_torch_writes(spark, world, capsys):
+    root, version = world
+    base = ("scoring.k=4", "scoring.candidates=6", f"scoring.model_version={version}", *NO_FILTERS)
+    onnx_cfg = _config(root, *base, "scoring.runtime=onnx")
+    with pytest.raises(JobError, match=f"has no onnx export: run mtl-export --version {version}"):
+        run_score(spark, onnx_cfg, D)
+
+    run_score(spark, _config(root, *base), D)
+    with_torch = {spec: _published(spark, onnx_cfg, spec) for spec in (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS)}
+    schemas = {spec: df.schema for spec, df in with_torch.items()}
+    with_torch = {spec: df.collect() for spec, df in with_torch.items()}
+
+    args = ["--conf", str(LOCAL_CONF), "--version", version]
+    args += [arg for o in [*TEST_OVERRIDES, f"storage.warehouse={root / 'warehouse'}"] for arg in ("--set", o)]
+    assert export_main(args) == 0
+    assert f"model version {version} exported: onnx" in capsys.readouterr().out
+    run_score(spark, onnx_cfg, D)
+
+    for spec, torch_rows in with_torch.items():
+        onnx_rows = _published(spark, onnx_cfg, spec)
+        assert onnx_rows.schema == schemas[spec]
+        key = ("user_id", "rank") if spec is DAILY_RECOMMENDATIONS else ("user_id", "item_id", "category_id")
+        expected = {tuple(r[k] for k in key): r.asDict() for r in torch_rows}
+        actual = {tuple(r[k] for k in key): r.asDict() for r in onnx_rows.collect()}
+        assert sorted(actual, key=str) == sorted(expected, key=str)
+        for k, row in actual.items():
+            for column, value in row.items():
+                if column.startswith("p_") or column == "score":
+                    assert value == pytest.approx(expected[k][column], abs=1e-5), (spec.name, k, column)
+                else:
+                    assert value == expected[k][column], (spec.name, k, column)  # same item at the same rank
+    record = runs(spark, onnx_cfg).where("job = 'score'").orderBy("started_at").collect()[-1]
+    assert record.status == "succeeded" and '"runtime": "onnx"' in record.details

@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 
 from mtl import delta_io, registry
 from mtl.config import Config
+from mtl.export.job import load_export
 from mtl.features.assemble import model_inputs
 from mtl.recommend import lists
 from mtl.recommend.lists import ListContext
@@ -115,7 +116,9 @@ def run_score(spark: SparkSession, cfg: Config, ds: dt.date) -> ScoreResult:
     with RunRecorder(spark, cfg, "score", ds) as run:
         key = pseudonym_key(sc) if sc.pseudonymize else None  # fail before any work without the key
         started = time.perf_counter()
-        ctx = lists.prepare(spark, cfg, ds, load_published(cfg), lists.read_features(spark, cfg, ds))
+        artifact = load_published(cfg)
+        export = None if sc.runtime == "torch" else load_export(cfg, str(artifact.version), sc.runtime)
+        ctx = lists.prepare(spark, cfg, ds, artifact, lists.read_features(spark, cfg, ds), export)
         run.model_version = ctx.model_version
         run.tables_read = dict(ctx.features.versions)
         catalogue_bc = None
@@ -154,7 +157,8 @@ def run_score(spark: SparkSession, cfg: Config, ds: dt.date) -> ScoreResult:
         run.output_rows = result.rows[DAILY_RECOMMENDATIONS.name]
         run.tables_written = dict(result.versions)
         run.details.update(
-            dataclasses.asdict(result) | {"k": sc.k, "candidates": sc.candidates, "pseudonymized": sc.pseudonymize}
+            dataclasses.asdict(result)
+            | {"k": sc.k, "candidates": sc.candidates, "pseudonymized": sc.pseudonymize, "runtime": sc.runtime}
         )
     return result
 
