@@ -92,7 +92,8 @@ def example_inputs(model: MultiTaskRecModel, names: Sequence[str], rows: int = 3
     out = []
     for name in names:
         if name == DENSE_KEY:
-            dense = rng.lognormal(0.0, 2.0, (rows, n_dense)).astype(np.float32) * rng.choice([-1, 1, 1], (rows, n_dense))
+            sign = rng.choice([-1.0, 1.0, 1.0], (rows, n_dense))
+            dense = (rng.lognormal(0.0, 2.0, (rows, n_dense)) * sign).astype(np.float32)
             dense[0, 0] = np.nan
             out.append(torch.from_numpy(dense))
             continue
@@ -116,7 +117,8 @@ def export_graphs(model: MultiTaskRecModel, folder: str | Path, metadata: dict[s
     for spec in graph_specs(model):
         args = example_inputs(model, spec.module.input_names)
         batch = torch.export.Dim("batch", min=1)
-        dynamic = tuple({0: batch} for _ in args)
+        # forward(*inputs): torch.export sees one argument, the tuple of inputs
+        dynamic = (tuple({0: batch} for _ in args),)
         path = folder / f"{spec.name}.onnx"
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on its own internals
