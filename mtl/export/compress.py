@@ -1,8 +1,8 @@
 """Smaller variants of an export: int8 weights, and embedding tables without the rows that no
 training id hashed into.
 
-Int8 is ONNX Runtime's dynamic quantisation: the weights of every MatMul/Gemm and the embedding
-tables (Gather) are stored as int8 with a scale; activations are quantised on the fly per batch,
+Int8 is ONNX Runtime's dynamic quantisation: the weights of every dense layer and the embedding
+tables (Gather) are stored as 8-bit integers with a scale and zero point per tensor; activations are quantised on the fly per batch,
 so no calibration data is needed.
 
 Pruning keeps the rows of the buckets some training id landed in and maps every other bucket to
@@ -18,17 +18,20 @@ import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import onnx
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import Tensor, nn
 
+from mtl.export.gemm import gemm_as_matmul
 from mtl.export.graphs import SIGNATURE_FILE
 from mtl.models.embedding import Batch, hash_to_bucket
 from mtl.models.model import MultiTaskRecModel
 
 log = logging.getLogger(__name__)
 
-QUANTISED_OPS = ["MatMul", "Gemm", "Gather"]
+# MatMul: the dense layers (Gemm rewritten as MatMul first); Gather: the embedding tables.
+QUANTISED_OPS = ["MatMul", "Gather"]
 
 
 def quantise_int8(float_folder: str | Path, int8_folder: str | Path) -> Path:
@@ -36,8 +39,10 @@ def quantise_int8(float_folder: str | Path, int8_folder: str | Path) -> Path:
     src, dst = Path(float_folder), Path(int8_folder)
     dst.mkdir(parents=True, exist_ok=True)
     for graph in sorted(src.glob("*.onnx")):
+        model = onnx.load(graph)
+        gemm_as_matmul(model)
         quantize_dynamic(
-            graph,
+            model,
             dst / graph.name,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=QUANTISED_OPS,
