@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -105,7 +106,12 @@ def test_int8_keeps_every_gated_metric_within_the_tolerance(world, tmp_path):
     int8 = gated_metrics(OnnxModel(int8_export), world, held_out)
     changes = {k: int8[k] - reference[k] for k in reference}
     assert all(abs(c) <= METRIC_TOLERANCE for c in changes.values()), changes
-    assert int8_export.size_bytes < 0.5 * float_export.size_bytes
+    # Every table and every dense layer's weights are stored in 8 bits (at this tiny size the graph
+    # structure weighs as much as the weights, so the file ratio says little; see BENCHMARKS.md).
+    for graph in int8_export.graphs.values():
+        weights = [w for w in onnx.load_from_string(graph).graph.initializer if np.prod(w.dims) >= 256]
+        assert weights and all(w.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) for w in weights)
+    assert int8_export.size_bytes < 0.7 * float_export.size_bytes
 
 
 def test_pruning_keeps_the_rows_training_reached_and_zeroes_the_others(world, tmp_path):
