@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mtl.export.gemm import gemm_as_matmul
 from mtl.export.graphs import SIGNATURE_FILE
+from mtl.export.shared_weights import share_weights
 from mtl.models.embedding import Batch, hash_to_bucket
 from mtl.models.model import MultiTaskRecModel
 
@@ -48,7 +49,7 @@ def quantise_int8(float_folder: str | Path, int8_folder: str | Path) -> Path:
             op_types_to_quantize=QUANTISED_OPS,
             per_channel=False,
         )
-        log.info("int8 %s: %d -> %d bytes", graph.name, graph.stat().st_size, (dst / graph.name).stat().st_size)
+    share_weights(dst)
     shutil.copy(src / SIGNATURE_FILE, dst / SIGNATURE_FILE)
     return dst
 
@@ -71,14 +72,16 @@ class PrunedEmbedding(nn.Module):
 
 
 def used_buckets(model: MultiTaskRecModel, batches: Iterable[Batch]) -> dict[str, Tensor]:
-    """Vocab -> the buckets the ids of ``batches`` (the training rows) hash into."""
+    """Vocab -> the buckets the ids of ``batches`` (the training rows) hash into, for the vocabs
+    of the id fields the batches hold."""
     features = model.features
-    seen: dict[str, list[Tensor]] = {vocab: [] for vocab in features.tables}
+    seen: dict[str, list[Tensor]] = {}
     for batch in batches:
         for f in features.id_fields:
-            buckets = hash_to_bucket(batch[f.name].reshape(-1), features.tables[f.vocab].num_embeddings)
-            seen[f.vocab].append(torch.unique(buckets))
-    return {vocab: torch.unique(torch.cat(parts)) if parts else torch.zeros(0, dtype=torch.long) for vocab, parts in seen.items()}
+            if f.name in batch:
+                buckets = hash_to_bucket(batch[f.name].reshape(-1), features.tables[f.vocab].num_embeddings)
+                seen.setdefault(f.vocab, []).append(torch.unique(buckets))
+    return {vocab: torch.unique(torch.cat(parts)) for vocab, parts in seen.items()}
 
 
 def pruned(model: MultiTaskRecModel, keep: Mapping[str, Tensor]) -> MultiTaskRecModel:

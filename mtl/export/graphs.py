@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mtl.export.shared_weights import WEIGHTS_FILE, share_weights
 from mtl.models.embedding import MIN_STD
 from mtl.models.model import MultiTaskRecModel
 from mtl.schema import DENSE_KEY, PAD_HASH, ROW_KINDS, dense_columns, row_kind_code
@@ -135,7 +136,7 @@ def export_graphs(model: MultiTaskRecModel, folder: str | Path, metadata: dict[s
             )
         program.save(str(path), external_data=False)
         graphs[spec.name] = _graph_signature(path.name, spec, args, model)
-        log.info("exported %s (%d bytes)", path.name, path.stat().st_size)
+    share_weights(folder)
     (folder / SIGNATURE_FILE).write_text(json.dumps(signature(model, graphs, metadata), indent=2) + "\n")
     return folder
 
@@ -169,6 +170,8 @@ def signature(model: MultiTaskRecModel, graphs: dict[str, Any], metadata: dict[s
         "opset": OPSET,
         "tasks": list(model.tasks),
         "graphs": graphs,
+        # the graphs' large tensors, each once (ONNX external data; load the graphs from this folder)
+        "weights_file": WEIGHTS_FILE,
         "hashing": {
             "id_input": "int64: Spark's xxhash64 of the id string (seed 42); 0 for a missing id and for sequence padding",
             "bucket": "0 if hash == 0 else (hash mod (buckets - 1)) + 1, mod taken non-negative (floor modulo)",

@@ -77,7 +77,7 @@ def read_export(folder: str | Path, variant: str) -> ExportedGraphs:
     folder = Path(folder)
     signature = json.loads((folder / SIGNATURE_FILE).read_text())
     graphs = {name: (folder / spec["file"]).read_bytes() for name, spec in signature["graphs"].items()}
-    return ExportedGraphs(variant, graphs, signature)
+    return ExportedGraphs(variant, graphs, signature, (folder / signature["weights_file"]).read_bytes())
 
 
 def load_export(cfg: Config, version: str, runtime: str) -> ExportedGraphs:

@@ -42,10 +42,11 @@ class ExportedGraphs:
     variant: str
     graphs: dict[str, bytes]  # graph name -> serialised ONNX model
     signature: dict[str, Any]
+    weights: bytes  # the graphs' shared external data (signature["weights_file"])
 
     @property
     def size_bytes(self) -> int:
-        return sum(len(g) for g in self.graphs.values())
+        return sum(len(g) for g in self.graphs.values()) + len(self.weights)
 
 
 class OnnxModel:
@@ -57,6 +58,11 @@ class OnnxModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # the graphs' external data, from memory: sessions copy what they need while they are built
+        weights = np.frombuffer(export.weights, dtype=np.uint8)
+        options.add_external_initializers_from_files_in_memory(
+            [export.signature["weights_file"]], [weights], [len(weights)]
+        )
         self.variant = export.variant
         self.tasks = tuple(export.signature["tasks"])
         self._sessions = {
