@@ -72,7 +72,9 @@ def throughput(runtimes: dict, model, args) -> dict:
     """Variant -> graph -> rows/s, median of the repeats; the variants take turns each repeat."""
     specs = {s.name: s for s in graph_specs(model)}
     rows = {RANKING: args.rank_batch, USER_TOWER: args.user_batch, ITEM_TOWER: args.rank_batch}
-    batches = {g: specs[g].module.batch(example_inputs(model, specs[g].module.input_names, rows[g], seed=1)) for g in rows}
+    batches = {
+        g: specs[g].module.batch(example_inputs(model, specs[g].module.input_names, rows[g], seed=1)) for g in rows
+    }
     calls = {RANKING: "predict_proba", USER_TOWER: "user_vectors", ITEM_TOWER: "item_vectors"}
     times: dict = {v: {g: [] for g in rows} for v in runtimes}
     passes = args.passes

@@ -349,7 +349,9 @@ def download_version_folder(cfg: Config, version: str, artifact_path: str, dst: 
     run_id = version_run_id(cfg, version)
     if not client.list_artifacts(run_id, artifact_path):
         return None
-    local = download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst), tracking_uri=tracking_uri(cfg))
+    local = download_artifacts(
+        run_id=run_id, artifact_path=artifact_path, dst_path=str(dst), tracking_uri=tracking_uri(cfg)
+    )
     return Path(local)
 
 

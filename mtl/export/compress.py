@@ -2,8 +2,8 @@
 training id hashed into.
 
 Int8 is ONNX Runtime's dynamic quantisation: the weights of every dense layer and the embedding
-tables (Gather) are stored as 8-bit integers with a scale and zero point per tensor; activations are quantised on the fly per batch,
-so no calibration data is needed.
+tables (Gather) are stored as 8-bit integers with a scale and zero point per tensor; activations
+are quantised on the fly per batch, so no calibration data is needed.
 
 Pruning keeps the rows of the buckets some training id landed in and maps every other bucket to
 the zero padding row: those rows never received a gradient, so they hold their random

@@ -173,7 +173,7 @@ def signature(model: MultiTaskRecModel, graphs: dict[str, Any], metadata: dict[s
         # the graphs' large tensors, each once (ONNX external data; load the graphs from this folder)
         "weights_file": WEIGHTS_FILE,
         "hashing": {
-            "id_input": "int64: Spark's xxhash64 of the id string (seed 42); 0 for a missing id and for sequence padding",
+            "id_input": "int64: Spark's xxhash64 of the id string (seed 42); 0: a missing id, sequence padding",
             "bucket": "0 if hash == 0 else (hash mod (buckets - 1)) + 1, mod taken non-negative (floor modulo)",
             "missing_hash": PAD_HASH,
             "buckets": {vocab: table.num_embeddings for vocab, table in features.tables.items()},

@@ -91,8 +91,10 @@ def load_export(cfg: Config, version: str, runtime: str) -> ExportedGraphs:
             )
         exported = read_export(folder, runtime)
     if str(exported.signature.get("model_version")) != str(version):
-        raise JobError(f"the {runtime} export stored with version {version} says it is of version "
-                       f"{exported.signature.get('model_version')}: export the version again")
+        raise JobError(
+            f"the {runtime} export stored with version {version} says it is of version "
+            f"{exported.signature.get('model_version')}: export the version again"
+        )
     return exported
 
 

@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -23,6 +24,7 @@ from pyspark.sql import functions as F
 from mtl import delta_io, registry
 from mtl.config import Config
 from mtl.export.job import load_export
+from mtl.export.runtime import ExportedGraphs
 from mtl.features.assemble import model_inputs
 from mtl.recommend import lists
 from mtl.recommend.lists import ListContext
@@ -56,6 +58,12 @@ def load_published(cfg: Config) -> Artifact:
     """The configured version (default: the champion)."""
     sc = cfg.scoring
     return registry.load_version(cfg, version=sc.model_version, alias=sc.model_alias)
+
+
+def runtime_export(cfg: Config, artifact: Artifact) -> Optional[ExportedGraphs]:
+    """The version's graphs that scoring.runtime asks for; None for the torch model."""
+    runtime = cfg.scoring.runtime
+    return None if runtime == "torch" else load_export(cfg, str(artifact.version), runtime)
 
 
 def recommendations(ctx: ListContext, pool: DataFrame) -> DataFrame:
@@ -117,8 +125,9 @@ def run_score(spark: SparkSession, cfg: Config, ds: dt.date) -> ScoreResult:
         key = pseudonym_key(sc) if sc.pseudonymize else None  # fail before any work without the key
         started = time.perf_counter()
         artifact = load_published(cfg)
-        export = None if sc.runtime == "torch" else load_export(cfg, str(artifact.version), sc.runtime)
-        ctx = lists.prepare(spark, cfg, ds, artifact, lists.read_features(spark, cfg, ds), export)
+        ctx = lists.prepare(
+            spark, cfg, ds, artifact, lists.read_features(spark, cfg, ds), runtime_export(cfg, artifact)
+        )
         run.model_version = ctx.model_version
         run.tables_read = dict(ctx.features.versions)
         catalogue_bc = None
