@@ -32,7 +32,7 @@ PARITY_ROWS = (1, 257)
 @dataclass
 class ExportResult:
     model_version: str
-    sizes: dict[str, int] = field(default_factory=dict)  # variant -> bytes of its graphs
+    sizes: dict[str, int] = field(default_factory=dict)  # variant -> bytes of its graphs and weights
     max_abs_diff: dict[str, float] = field(default_factory=dict)  # variant -> worst output vs torch
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -56,10 +56,12 @@ def run_export(cfg: Config, version: Optional[str] = None) -> ExportResult:
             started = time.perf_counter()
             folders["onnx_int8"] = quantise_int8(folders["onnx"], Path(tmp) / EXPORT_PATHS["onnx_int8"])
             result.seconds["quantise"] = time.perf_counter() - started
+        started = time.perf_counter()
         for variant, folder in folders.items():
             exported = read_export(folder, variant)
             result.sizes[variant] = exported.size_bytes
             result.max_abs_diff[variant] = max_abs_diff(model, OnnxModel(exported))
+        result.seconds["check"] = time.perf_counter() - started
         tolerance = cfg.export.parity_tolerance
         if result.max_abs_diff["onnx"] > tolerance:
             raise JobError(
