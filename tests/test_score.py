@@ -470,7 +470,7 @@ def test_config_checks_and_cli_errors(make_config, tmp_path, capsys):
     assert code == 1
 
 
-def test_the_onnx_runtime_scores_like_plain_pytorch(spark, world):
+def test_the_onnx_runtime_scores_like_plain_pytorch(spark, world, capsys):
     root, version = world
     settings = ("scoring.k=4", "scoring.candidates=6", *NO_FILTERS, "scoring.runtime=onnx")
     unexported = _publish(spark, _config(root), root / "unexported")
@@ -478,7 +478,10 @@ def test_the_onnx_runtime_scores_like_plain_pytorch(spark, world):
         run_score(spark, _config(root, *settings, f"scoring.model_version={unexported}"), D)
 
     cfg = _config(root, *settings, f"scoring.model_version={version}")
-    run_export(cfg, version)
+    args = ["--conf", str(LOCAL_CONF), "--version", version]
+    args += [arg for o in [*TEST_OVERRIDES, f"storage.warehouse={root / 'warehouse'}"] for arg in ("--set", o)]
+    assert export_main(args) == 0
+    assert f"model version {version} exported: onnx" in capsys.readouterr().out
     run_score(spark, cfg, D)
     _assert_matches(_lists(spark, cfg), _reference(spark, cfg, CATEGORY, m=6, k=4))
     _assert_repurchase_matches_plain_pytorch(spark, cfg, version)
@@ -487,7 +490,7 @@ def test_the_onnx_runtime_scores_like_plain_pytorch(spark, world):
 
 
 @pytest.mark.slow
-def test_the_onnx_runtime_writes_the_tables_torch_writes(spark, world, capsys):
+def test_the_onnx_runtime_writes_the_tables_torch_writes(spark, world):
     root, version = world
     base = ("scoring.k=4", "scoring.candidates=6", f"scoring.model_version={version}", *NO_FILTERS)
     onnx_cfg = _config(root, *base, "scoring.runtime=onnx")
@@ -497,10 +500,7 @@ def test_the_onnx_runtime_writes_the_tables_torch_writes(spark, world, capsys):
     schemas = {spec: df.schema for spec, df in with_torch.items()}
     with_torch = {spec: df.collect() for spec, df in with_torch.items()}
 
-    args = ["--conf", str(LOCAL_CONF), "--version", version]
-    args += [arg for o in [*TEST_OVERRIDES, f"storage.warehouse={root / 'warehouse'}"] for arg in ("--set", o)]
-    assert export_main(args) == 0
-    assert f"model version {version} exported: onnx" in capsys.readouterr().out
+    run_export(onnx_cfg, version)
     run_score(spark, onnx_cfg, D)
 
     for spec, torch_rows in with_torch.items():
