@@ -31,6 +31,10 @@ Measured in one process, in this order:
    fresh process.
 
     .venv/bin/python benchmarks/score.py --users 100000 --items 100000
+    .venv/bin/python benchmarks/score.py --users 100000 --items 100000 --set scoring.runtime=onnx
+
+With ``scoring.runtime`` onnx or onnx_int8 the champion is exported (mtl-export) first and the
+stages run its graphs in ONNX Runtime; the kernel measurement (2.) stays on the torch towers.
 """
 
 from __future__ import annotations
@@ -296,8 +300,16 @@ def main() -> int:
         publish_random_model(cfg)
         (work / "_READY").touch()
         print(f"synthetic tables and model written in {time.perf_counter() - start:.0f}s", flush=True)
+    out["runtime"] = sc.runtime
+    if sc.runtime != "torch":  # --set scoring.runtime=onnx | onnx_int8: the champion's graphs
+        from mtl.export.job import run_export, summarize
 
-    ctx = lists.prepare(spark, cfg, DS, job.load_published(cfg), lists.read_features(spark, cfg, DS))
+        print(summarize(run_export(cfg)), flush=True)
+
+    artifact = job.load_published(cfg)
+    ctx = lists.prepare(
+        spark, cfg, DS, artifact, lists.read_features(spark, cfg, DS), job.runtime_export(cfg, artifact)
+    )
     start = time.perf_counter()
     catalogue = lists.embed_catalogue(ctx)
     out["embed_catalogue_s"] = time.perf_counter() - start

@@ -327,6 +327,34 @@ def load_version(cfg: Config, version: Optional[str] = None, alias: Optional[str
     return dataclasses.replace(artifact, version=str(version))
 
 
+def version_run_id(cfg: Config, version: str) -> str:
+    """The MLflow run a registered version was logged in."""
+    client = _client(cfg)
+    name = cfg.tracking.registered_model
+    _check_version(client, name, version)
+    return client.get_model_version(name, str(version)).run_id
+
+
+def log_version_folder(cfg: Config, version: str, folder: str | Path, artifact_path: str) -> None:
+    """Store a folder with a registered version: under ``artifact_path`` of the version's run
+    (e.g. its ONNX export), next to the ``model/`` folder the version points at."""
+    if artifact_path == ARTIFACT_PATH:
+        raise ValueError(f"{ARTIFACT_PATH}/ holds the version itself, which is never changed")
+    _client(cfg).log_artifacts(version_run_id(cfg, version), str(folder), artifact_path)
+
+
+def download_version_folder(cfg: Config, version: str, artifact_path: str, dst: str | Path) -> Optional[Path]:
+    """Download ``artifact_path`` of the version's run into ``dst``; None if the run has none."""
+    client = _client(cfg)
+    run_id = version_run_id(cfg, version)
+    if not client.list_artifacts(run_id, artifact_path):
+        return None
+    local = download_artifacts(
+        run_id=run_id, artifact_path=artifact_path, dst_path=str(dst), tracking_uri=tracking_uri(cfg)
+    )
+    return Path(local)
+
+
 def champion_version(cfg: Config) -> Optional[str]:
     """The version the champion alias points at; None if none does (or nothing is registered)."""
     return _alias_version(_client(cfg), cfg.tracking.registered_model, cfg.tracking.champion_alias)

@@ -68,6 +68,7 @@ def test_fingerprint_changes_with_config():
         ("formats.taobao_user_behavior.valid_from=soon", "formats.taobao_user_behavior.valid_from: expected a date"),
         ("spark=3", "spark: expected a section"),
         ("no_equals_sign", "must look like key.path=value"),
+        ("scoring.runtime=tensorrt", "scoring.runtime: must be one of ['torch', 'onnx', 'onnx_int8']"),
     ],
 )
 def test_config_errors_name_the_key(override, message):

@@ -23,6 +23,7 @@ STAGES = (
     "features",
     "data",
     "train",
+    "export",
     "recommend",
     "evaluate",
     "score",

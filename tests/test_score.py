@@ -19,10 +19,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mtl import registry
+from mtl.cli.export import main as export_main
 from mtl.cli.score import main
 from mtl.config import ConfigError, ScoringFiltersConfig, load_config
 from mtl.data.batch import in_memory_batches
 from mtl.errors import JobError
+from mtl.export.job import run_export
 from mtl.features.assemble import model_inputs, user_inputs
 from mtl.features.job import build_features
 from mtl.models.artifacts import load_model, read_feature_stats, register_model
@@ -192,22 +194,8 @@ def _assert_matches(actual: dict[str, list], expected: dict[str, list]) -> None:
             assert row.p_purchase == pytest.approx(p_purchase, rel=1e-5)
 
 
-# ---------------------------------------------------------------------------------------------
-# tests
-
-
-def test_recommendations_and_repurchase_equal_plain_pytorch(spark, world):
-    root, version = world
-    cfg = _config(root, "scoring.k=4", "scoring.candidates=6", *NO_FILTERS)
-    result = run_score(spark, cfg, D)
-
-    expected = _reference(spark, cfg, CATEGORY, m=6, k=4)
-    actual = _lists(spark, cfg)
-    _assert_matches(actual, expected)
-    assert {r.category_id for rows in actual.values() for r in rows} <= {"c1", "c2", "c3"}
-    listed = [r for rows in actual.values() for r in rows]
-    assert all(r.category_id == CATEGORY[r.item_id] and r.model_version == version for r in listed)
-
+def _assert_repurchase_matches_plain_pytorch(spark, cfg, version: str) -> int:
+    """The published repurchase_predictions of D against the plain PyTorch computation; their rows."""
     # Repurchase: every (user, item) and (user, category) bought within 90 days, active or not,
     # with the days since the last purchase.
     u6_days = (D - dt.date(2024, 1, 15)).days
@@ -236,8 +224,28 @@ def test_recommendations_and_repurchase_equal_plain_pytorch(spark, world):
         p7, p30 = expected_rep[(r.user_id, r.item_id, r.category_id)]
         assert (r.p_repurchase_7d, r.p_repurchase_30d) == (pytest.approx(p7, rel=1e-5), pytest.approx(p30, rel=1e-5))
         assert r.model_version == version
+    return len(expected_rep)
 
-    assert result.rows == {"daily_recommendations": 20, "repurchase_predictions": len(expected_rep)}
+
+# ---------------------------------------------------------------------------------------------
+# tests
+
+
+def test_recommendations_and_repurchase_equal_plain_pytorch(spark, world):
+    root, version = world
+    cfg = _config(root, "scoring.k=4", "scoring.candidates=6", *NO_FILTERS)
+    result = run_score(spark, cfg, D)
+
+    expected = _reference(spark, cfg, CATEGORY, m=6, k=4)
+    actual = _lists(spark, cfg)
+    _assert_matches(actual, expected)
+    assert {r.category_id for rows in actual.values() for r in rows} <= {"c1", "c2", "c3"}
+    listed = [r for rows in actual.values() for r in rows]
+    assert all(r.category_id == CATEGORY[r.item_id] and r.model_version == version for r in listed)
+
+    repurchase_rows = _assert_repurchase_matches_plain_pytorch(spark, cfg, version)
+
+    assert result.rows == {"daily_recommendations": 20, "repurchase_predictions": repurchase_rows}
     assert (result.active_users, result.catalogue_items) == (5, 12)
     record = runs(spark, cfg).where("job = 'score'").orderBy("started_at").collect()[-1]
     assert record.status == "succeeded" and record.model_version == version
@@ -460,3 +468,51 @@ def test_config_checks_and_cli_errors(make_config, tmp_path, capsys):
         ]
     )
     assert code == 1
+
+
+def test_the_onnx_runtime_scores_like_plain_pytorch(spark, world, capsys):
+    root, version = world
+    settings = ("scoring.k=4", "scoring.candidates=6", *NO_FILTERS, "scoring.runtime=onnx")
+    unexported = _publish(spark, _config(root), root / "unexported")
+    with pytest.raises(JobError, match=f"has no onnx export: run mtl-export --version {unexported}"):
+        run_score(spark, _config(root, *settings, f"scoring.model_version={unexported}"), D)
+
+    cfg = _config(root, *settings, f"scoring.model_version={version}")
+    args = ["--conf", str(LOCAL_CONF), "--version", version]
+    args += [arg for o in [*TEST_OVERRIDES, f"storage.warehouse={root / 'warehouse'}"] for arg in ("--set", o)]
+    assert export_main(args) == 0
+    assert f"model version {version} exported: onnx" in capsys.readouterr().out
+    run_score(spark, cfg, D)
+    _assert_matches(_lists(spark, cfg), _reference(spark, cfg, CATEGORY, m=6, k=4))
+    _assert_repurchase_matches_plain_pytorch(spark, cfg, version)
+    record = runs(spark, cfg).where("job = 'score'").orderBy("started_at").collect()[-1]
+    assert record.status == "succeeded" and '"runtime": "onnx"' in record.details
+
+
+@pytest.mark.slow
+def test_the_onnx_runtime_writes_the_tables_torch_writes(spark, world):
+    root, version = world
+    base = ("scoring.k=4", "scoring.candidates=6", f"scoring.model_version={version}", *NO_FILTERS)
+    onnx_cfg = _config(root, *base, "scoring.runtime=onnx")
+
+    run_score(spark, _config(root, *base), D)
+    with_torch = {spec: _published(spark, onnx_cfg, spec) for spec in (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS)}
+    schemas = {spec: df.schema for spec, df in with_torch.items()}
+    with_torch = {spec: df.collect() for spec, df in with_torch.items()}
+
+    run_export(onnx_cfg, version)
+    run_score(spark, onnx_cfg, D)
+
+    for spec, torch_rows in with_torch.items():
+        onnx_rows = _published(spark, onnx_cfg, spec)
+        assert onnx_rows.schema == schemas[spec]
+        key = ("user_id", "rank") if spec is DAILY_RECOMMENDATIONS else ("user_id", "item_id", "category_id")
+        expected = {tuple(r[k] for k in key): r.asDict() for r in torch_rows}
+        actual = {tuple(r[k] for k in key): r.asDict() for r in onnx_rows.collect()}
+        assert sorted(actual, key=str) == sorted(expected, key=str)
+        for k, row in actual.items():
+            for column, value in row.items():
+                if column.startswith("p_") or column == "score":
+                    assert value == pytest.approx(expected[k][column], abs=1e-5), (spec.name, k, column)
+                else:
+                    assert value == expected[k][column], (spec.name, k, column)  # same item at the same rank

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Optional
 
 from mtl.cli.common import job_parser, run_job
 from mtl.cli.evaluate import add_version_arguments, chosen_version
 from mtl.config import Config
 from mtl.evaluate.publish import PublishResult, run_publish, summarize
+from mtl.export.job import run_export
+from mtl.export.job import summarize as export_summary
+
+log = logging.getLogger(__name__)
 
 
 def publish_step(
@@ -20,8 +25,13 @@ def publish_step(
     allow_older: bool = False,
 ) -> PublishResult:
     """Gate and publish the chosen version; a version older than the champion is skipped unless
-    ``allow_older`` (``policy.is_superseded``). A refusal raises ``GateRefused``."""
-    return run_publish(spark, cfg, ds, chosen_version(cfg, ds, version, trained_for_ds), allow_older)
+    ``allow_older`` (``policy.is_superseded``). A refusal raises ``GateRefused``. With
+    ``export.on_publish`` a newly published version is exported (mtl-export) before this returns,
+    so that scoring with an ONNX runtime finds its graphs."""
+    result = run_publish(spark, cfg, ds, chosen_version(cfg, ds, version, trained_for_ds), allow_older)
+    if cfg.export.on_publish and result.published:
+        log.info(export_summary(run_export(cfg, result.model_version)))
+    return result
 
 
 def main(argv: Optional[list[str]] = None) -> int:

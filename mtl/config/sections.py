@@ -386,6 +386,21 @@ class ScoringConfig:
     # environment variable only (never from a config file).
     pseudonymize: bool = False
     pseudonym_key_env: str = "MTL_PSEUDONYM_KEY"
+    # What runs the model on the executors: the torch model, or the version's ONNX export
+    # (mtl-export) in ONNX Runtime, float or int8; the output tables are the same either way.
+    runtime: Literal["torch", "onnx", "onnx_int8"] = "torch"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """mtl-export: a registered version's ONNX graphs, stored with the version in MLflow."""
+
+    # Also write the int8 variant (dynamic quantisation of the dense layers and embedding tables).
+    int8: bool = True
+    # The float graphs must match the torch model within this on every output, or nothing is stored.
+    parity_tolerance: float = 1e-5
+    # mtl-publish exports the version it has just made the champion.
+    on_publish: bool = False
 
 
 @dataclass(frozen=True)
@@ -456,6 +471,7 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     # The model's own YAML (architecture, embeddings, optimiser, trainer): in a file, relative to

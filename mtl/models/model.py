@@ -93,9 +93,15 @@ class MultiTaskRecModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            out = self._rank(self.features(batch, self.input_sides), batch)
+            return self.probabilities(batch)
         finally:
             self.train(was_training)
+
+    def probabilities(self, batch: Batch, traceable: bool = False) -> dict[str, Tensor]:
+        """Task -> probability [B] in the current mode. ``traceable`` computes every row kind's
+        towers on every row and selects per row (same values, no data-dependent control flow),
+        which is what an exported graph needs; training keeps the cheaper per-kind indexing."""
+        out = self._rank(self.features(batch, self.input_sides), batch, traceable)
         probs = {t: torch.sigmoid(logit) for t, logit in out.logits.items()}
         if self.esmm_tasks is not None:
             ctr, ctcvr = self.esmm_tasks
@@ -110,9 +116,10 @@ class MultiTaskRecModel(nn.Module):
         sparse = {id(p) for p in self.sparse_parameters()}
         return [p for p in self.parameters() if id(p) not in sparse]
 
-    def _rank(self, parts: dict[str, Tensor], batch: Batch) -> ModelOutput:
+    def _rank(self, parts: dict[str, Tensor], batch: Batch, traceable: bool = False) -> ModelOutput:
         x = torch.cat([parts[s] for s in self.input_sides], dim=1)
-        logits = self._tower_logits(dict(zip(self.tasks, self.backbone(x))), batch)
+        hidden = dict(zip(self.tasks, self.backbone(x)))
+        logits = self._selected_tower_logits(hidden, batch) if traceable else self._tower_logits(hidden, batch)
         if self.esmm_tasks is None:
             return ModelOutput(logits)
         ctr, ctcvr = self.esmm_tasks
@@ -135,6 +142,19 @@ class MultiTaskRecModel(nn.Module):
             for rows, towers in groups:
                 out = out.index_put((rows,), towers[task](h[rows]))
             logits[task] = out
+        return logits
+
+    def _selected_tower_logits(self, hidden: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+        """_tower_logits without data-dependent control flow: every tower runs on every row and
+        each row keeps the output of its kind's tower (kinds are disjoint, so the order of the
+        selections does not matter)."""
+        logits = {t: self.towers[t](h) for t, h in hidden.items()}
+        if not self.kind_towers:
+            return logits
+        codes = batch[ROW_KIND_FIELD]
+        for kind, towers in self.kind_towers.items():
+            rows = codes == self.kind_codes[kind]
+            logits = {t: torch.where(rows, towers[t](h), logits[t]) for t, h in hidden.items()}
         return logits
 
     def _towers(self) -> nn.ModuleDict:

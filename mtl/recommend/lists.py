@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from pyspark import Accumulator, Broadcast
@@ -33,6 +34,7 @@ from mtl.candidates.pool import source_score_columns
 from mtl.config import Config
 from mtl.data.batch import MODEL_FIELDS
 from mtl.errors import InputError
+from mtl.export.runtime import ExportedGraphs
 from mtl.features.assemble import model_inputs, user_inputs
 from mtl.models.artifacts import load_model
 from mtl.recommend import rank
@@ -130,12 +132,20 @@ def recommendable(artifact: Artifact) -> tuple[str, ...]:
     return model.tasks
 
 
-def prepare(spark: SparkSession, cfg: Config, ds: dt.date, artifact: Artifact, features: FeatureInputs) -> ListContext:
+def prepare(
+    spark: SparkSession,
+    cfg: Config,
+    ds: dt.date,
+    artifact: Artifact,
+    features: FeatureInputs,
+    export: Optional[ExportedGraphs] = None,
+) -> ListContext:
+    """``export``: the version's ONNX graphs to score with instead of the torch model."""
     tasks = recommendable(artifact)
     defaults = artifact.feature_stats.get("defaults")
     if not defaults:
         raise InputError(f"model version {artifact.version} has no fill values (feature_stats.defaults)")
-    shipment = spark.sparkContext.broadcast(ModelShipment(artifact))
+    shipment = spark.sparkContext.broadcast(ModelShipment(artifact, export))
     return ListContext(spark, cfg, ds, features, str(artifact.version), tasks, defaults, shipment)
 
 

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -24,8 +24,8 @@ from pyspark.sql import types as T
 from mtl.data.arrow_columns import numpy_columns
 from mtl.data.batch import MODEL_FIELDS, input_columns, to_arrays
 from mtl.errors import JobError
+from mtl.export.runtime import ExportedGraphs, OnnxModel, ScoringModel
 from mtl.models.artifacts import load_model
-from mtl.models.model import MultiTaskRecModel
 from mtl.recommend.top_m import blocked_top_m
 from mtl.registry import Artifact
 from mtl.schema import DENSE_KEY
@@ -61,9 +61,11 @@ ITEM_VECTORS_SCHEMA = T.StructType(
 @dataclass(frozen=True)
 class ModelShipment:
     """The artifact as it travels to the executors (one broadcast per run); ``key`` tells one
-    run's model from another's in a long-lived worker."""
+    run's model from another's in a long-lived worker. With ``export`` (scoring.runtime onnx or
+    onnx_int8) the workers run those graphs in ONNX Runtime instead of the torch model."""
 
     artifact: Artifact
+    export: Optional[ExportedGraphs] = None
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -79,20 +81,25 @@ class Catalogue:
     vectors: np.ndarray  # float32 [N, d]
 
 
-_MODELS: dict[str, MultiTaskRecModel] = {}
+_MODELS: dict[str, ScoringModel] = {}
 
 
-def worker_model(shipment: Broadcast) -> MultiTaskRecModel:
+def worker_model(shipment: Broadcast) -> ScoringModel:
     """The shipped model, built on the first call in this worker process and kept for the next
     tasks (Spark reuses Python workers); the previous run's model is dropped."""
     value: ModelShipment = shipment.value
     model = _MODELS.get(value.key)
     if model is None:
         _MODELS.clear()
-        model = _MODELS[value.key] = load_model(value.artifact)
         context = TaskContext.get()
-        if context is not None:  # one intra-op thread per CPU of the task: tasks must not oversubscribe cores
-            torch.set_num_threads(context.cpus())
+        # one intra-op thread per CPU of the task: tasks must not oversubscribe cores
+        threads = context.cpus() if context is not None else torch.get_num_threads()
+        if value.export is None:
+            model = load_model(value.artifact)
+            torch.set_num_threads(threads)
+        else:
+            model = OnnxModel(value.export, threads)
+        _MODELS[value.key] = model
     return model
 
 

@@ -16,12 +16,15 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mtl import delta_io, registry
 from mtl.config import Config
+from mtl.export.job import load_export
+from mtl.export.runtime import ExportedGraphs
 from mtl.features.assemble import model_inputs
 from mtl.recommend import lists
 from mtl.recommend.lists import ListContext
@@ -55,6 +58,12 @@ def load_published(cfg: Config) -> Artifact:
     """The configured version (default: the champion)."""
     sc = cfg.scoring
     return registry.load_version(cfg, version=sc.model_version, alias=sc.model_alias)
+
+
+def runtime_export(cfg: Config, artifact: Artifact) -> Optional[ExportedGraphs]:
+    """The version's graphs that scoring.runtime asks for; None for the torch model."""
+    runtime = cfg.scoring.runtime
+    return None if runtime == "torch" else load_export(cfg, str(artifact.version), runtime)
 
 
 def recommendations(ctx: ListContext, pool: DataFrame) -> DataFrame:
@@ -115,7 +124,10 @@ def run_score(spark: SparkSession, cfg: Config, ds: dt.date) -> ScoreResult:
     with RunRecorder(spark, cfg, "score", ds) as run:
         key = pseudonym_key(sc) if sc.pseudonymize else None  # fail before any work without the key
         started = time.perf_counter()
-        ctx = lists.prepare(spark, cfg, ds, load_published(cfg), lists.read_features(spark, cfg, ds))
+        artifact = load_published(cfg)
+        ctx = lists.prepare(
+            spark, cfg, ds, artifact, lists.read_features(spark, cfg, ds), runtime_export(cfg, artifact)
+        )
         run.model_version = ctx.model_version
         run.tables_read = dict(ctx.features.versions)
         catalogue_bc = None
@@ -154,7 +166,8 @@ def run_score(spark: SparkSession, cfg: Config, ds: dt.date) -> ScoreResult:
         run.output_rows = result.rows[DAILY_RECOMMENDATIONS.name]
         run.tables_written = dict(result.versions)
         run.details.update(
-            dataclasses.asdict(result) | {"k": sc.k, "candidates": sc.candidates, "pseudonymized": sc.pseudonymize}
+            dataclasses.asdict(result)
+            | {"k": sc.k, "candidates": sc.candidates, "pseudonymized": sc.pseudonymize, "runtime": sc.runtime}
         )
     return result
 
