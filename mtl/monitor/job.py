@@ -104,7 +104,7 @@ def _report(spark: SparkSession, cfg: Config, ds: dt.date, judged: list[Judged])
             .select("ds", "metric", "subject", "value", *BOUNDS)
             .toPandas()
         )
-        page = report.render(ds, judged, history)
+        page = report.render(ds, judged, history, start)
         with tempfile.TemporaryDirectory(prefix="mtl-monitor-") as folder:
             (Path(folder) / REPORT_FILE).write_text(page, encoding="utf-8")
             tags = {"mtl.job": JOB, "mtl.ds": ds.isoformat()}

@@ -19,8 +19,8 @@ MAX_LINES = 8
 _BOUND_STYLE = {"warn": ("#d9a400", "--"), "fail": ("#c0392b", "--")}
 
 
-def render(ds: dt.date, judged: Sequence[Judged], history: pd.DataFrame) -> str:
-    """``history``: monitoring_metrics rows (ds, metric, subject, value, bounds) up to ds."""
+def render(ds: dt.date, judged: Sequence[Judged], history: pd.DataFrame, start: dt.date) -> str:
+    """``history``: monitoring_metrics rows (ds, metric, subject, value, bounds) of [start, ds]."""
     breached = [j for j in judged if j.severity != "ok"]
     parts = [f"<h1>Monitoring, ds {escape(ds)}</h1>", _summary(judged)]
     if breached:
@@ -39,7 +39,7 @@ def render(ds: dt.date, judged: Sequence[Judged], history: pd.DataFrame) -> str:
         rows = history[history["metric"] == metric]
         if rows["value"].notna().any():
             parts += [f"<h3>{escape(metric)} ({escape(group)})</h3>", f"<p class='note'>{escape(what)}</p>"]
-            parts.append(_plot(metric, rows))
+            parts.append(_plot(metric, rows, start, ds))
     return html_page(f"Monitoring {ds}", parts)
 
 
@@ -52,7 +52,7 @@ def _summary(judged: Sequence[Judged]) -> str:
     )
 
 
-def _plot(metric: str, rows: pd.DataFrame) -> str:
+def _plot(metric: str, rows: pd.DataFrame, start: dt.date, ds: dt.date) -> str:
     fig, ax = plt.subplots(figsize=(7, 3))
     closest = rows.groupby("subject")["value"].max().sort_values(ascending=False).index[:MAX_LINES]
     for subject in closest:
@@ -64,7 +64,8 @@ def _plot(metric: str, rows: pd.DataFrame) -> str:
         if len(values) == 1:  # one bound for every subject: draw it (per-subject bounds would clutter)
             colour, style = _BOUND_STYLE[bound.split("_")[0]]
             ax.axhline(values[0], color=colour, ls=style, lw=1, label=bound)
-    ax.set(title=metric, xlabel="ds")
+    margin = dt.timedelta(days=1)  # the whole window, also when it holds one day so far
+    ax.set(title=metric, xlabel="ds", xlim=(start - margin, ds + margin))
     ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     ax.legend(fontsize=6, ncol=2)
     return figure_html(fig)
