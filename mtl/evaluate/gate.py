@@ -158,11 +158,11 @@ def _check(
     if m.ceiling is not None and value > m.ceiling:
         problems.append(f"above the ceiling {m.ceiling:g}")
     tolerance = default_tolerance if m.tolerance is None else m.tolerance
-    if best is not None and _worse_by(m.metric, value, best) > tolerance:
+    if best is not None and worse_by(m.metric, value, best) > tolerance:
         problems.append(f"worse than the champion (version {champion_version}: {best:.4f}) by more than {tolerance:g}")
     if m.versus_baselines and rival is None:
         problems.append("no baseline value to compare with (versus_baselines), so the model cannot be shown to win")
-    elif rival is not None and _worse_by(m.metric, value, rival_value) > tolerance:
+    elif rival is not None and worse_by(m.metric, value, rival_value) > tolerance:
         problems.append(f"worse than the baseline {rival} ({rival_value:.4f}) by more than {tolerance:g}")
     if problems:
         return Check(m, value, best, False, f"{name} = {value:.4f}: {'; '.join(problems)}", rival, rival_value)
@@ -179,10 +179,10 @@ def _best_baseline(
     scored = [(kind, values[key]) for kind, values in sorted(baselines.items()) if values.get(key) is not None]
     if not scored:
         return None, None
-    return min(scored, key=lambda kv: _worse_by(metric, kv[1], 0.0))
+    return min(scored, key=lambda kv: worse_by(metric, kv[1], 0.0))
 
 
-def _worse_by(metric: str, value: float, reference: float) -> float:
+def worse_by(metric: str, value: float, reference: float) -> float:
     """How much worse ``value`` is than ``reference`` (negative: better)."""
     if metric in LOWER_IS_BETTER:
         return value - reference

@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 
 from mtl import delta_io
 from mtl.config import Config
+from mtl.evaluate.gate import worse_by
 from mtl.monitor.drift import Window, categorical_counts, numeric_drift, psi, reference_edges
 from mtl.monitor.metrics import Measurement
 from mtl.recommend.rank import catalogue
@@ -42,9 +43,6 @@ PREDICTION_COLUMNS = {
     REPURCHASE_PREDICTIONS: tuple(c for c in REPURCHASE_PREDICTIONS.column_names if c.startswith("p_repurchase_")),
 }
 TWO_TOWER_ONLY = "two_tower_only"
-# Evaluation metrics where lower is better; calibration is best at 1; the rest higher is better.
-_LOWER_IS_BETTER = frozenset({"log_loss"})
-_BEST_AT_ONE = frozenset({"calibration"})
 
 
 def read_table(spark: SparkSession, cfg: Config, spec: TableSpec) -> tuple[Optional[int], Optional[DataFrame]]:
@@ -225,15 +223,6 @@ def _metric_subject(task: str, metric: str, k: Optional[int]) -> str:
     return f"{task}.{metric}" + (f"@{k}" if k is not None else "")
 
 
-def _drop(metric: str, today: float, trailing: float) -> float:
-    """How much worse today is than the trailing mean (positive: worse)."""
-    if metric in _LOWER_IS_BETTER:
-        return today - trailing
-    if metric in _BEST_AT_ONE:
-        return abs(today - 1.0) - abs(trailing - 1.0)
-    return trailing - today
-
-
 def model_health(spark: SparkSession, cfg: Config, ds: dt.date, tables_read: dict[str, int]) -> list[Measurement]:
     """Each of today's evaluation metrics of the model (model_kind multi_task, the latest
     evaluate run of each day) against its mean over the evaluated days before ds."""
@@ -261,6 +250,6 @@ def model_health(spark: SparkSession, cfg: Config, ds: dt.date, tables_read: dic
             continue
         trailing = sum(past) / len(past)
         note = f"today {value:.4f}, trailing mean {trailing:.4f} over {len(past)} day(s)"
-        drop = _drop(key[1], value, trailing)
+        drop = worse_by(key[1], value, trailing)
         out.append(Measurement("metric_drop", subject, drop, trailing, days[0], days[-1], note))
     return out
