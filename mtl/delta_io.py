@@ -61,6 +61,15 @@ def table_version(spark: SparkSession, path: str) -> Optional[int]:
     return DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
 
 
+def read_pinned(spark: SparkSession, path: str) -> tuple[Optional[int], Optional[DataFrame]]:
+    """(current version, the table at that version), or (None, None) when there is no table:
+    every read of one run then sees the same snapshot, and the run can record which."""
+    version = table_version(spark, path)
+    if version is None:
+        return None, None
+    return version, spark.read.format("delta").option("versionAsOf", version).load(path)
+
+
 def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
     """Select the table's columns, in order, cast to its types."""
     return df.select([F.col(c.name).cast(c.dtype).alias(c.name) for c in spec.columns])

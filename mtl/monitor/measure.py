@@ -47,11 +47,7 @@ TWO_TOWER_ONLY = "two_tower_only"
 
 def read_table(spark: SparkSession, cfg: Config, spec: TableSpec) -> tuple[Optional[int], Optional[DataFrame]]:
     """(version, the table at that version), or (None, None) when it does not exist yet."""
-    path = spec.path(cfg.storage)
-    version = delta_io.table_version(spark, path)
-    if version is None:
-        return None, None
-    return version, spark.read.format("delta").option("versionAsOf", version).load(path)
+    return delta_io.read_pinned(spark, spec.path(cfg.storage))
 
 
 def _drift(

@@ -40,12 +40,8 @@ def _partition(
     spark: SparkSession, cfg: Config, spec: TableSpec, ds: dt.date
 ) -> tuple[Optional[int], Optional[DataFrame]]:
     """(table version, the ds partition at that version), or (None, None) without a table."""
-    path = spec.path(cfg.storage)
-    version = delta_io.table_version(spark, path)
-    if version is None:
-        return None, None
-    df = spark.read.format("delta").option("versionAsOf", version).load(path).where(F.col("ds") == F.lit(ds))
-    return version, df
+    version, table = delta_io.read_pinned(spark, spec.path(cfg.storage))
+    return version, None if table is None else table.where(F.col("ds") == F.lit(ds))
 
 
 def _recommendation_checks(df: DataFrame, k: int) -> tuple[list[str], dict]:
