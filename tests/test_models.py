@@ -172,6 +172,26 @@ def test_forward_backward_reaches_every_tower_and_the_shared_tables(name, batch)
     assert loss_fn.log_vars.grad is not None and (loss_fn.log_vars.grad != 0).all()
 
 
+def test_cross_layers_pass_a_gradient_to_every_field(batch):
+    cfg = model_config(
+        "mmoe", "architecture.interaction=cross", "architecture.cross_layers=2", "retrieval.enabled=false"
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg, FIELDS, dense_feature_stats(batch["dense"]))
+    inputs = []
+    model.interaction.register_forward_pre_hook(lambda _, args: inputs.append(args[0]) or args[0].retain_grad())
+    _loss_and_grads(model, MultiTaskLoss(cfg), batch)
+
+    assert model.interaction is not None and len(model.interaction.layers) == 2
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.interaction.parameters())
+    # Every column of the concatenated input (each field's embedding, each dense value) gets a gradient.
+    column_grads = inputs[0].grad.abs().sum(dim=0)
+    assert column_grads.shape == (sum(model.features.widths.values()),)
+    assert (column_grads > 0).all()
+    for vocab, table in model.features.tables.items():
+        assert table.weight.grad.coalesce().values().abs().sum() > 0, vocab
+
+
 def test_retrieval_loss_alone_trains_the_ranking_tables(batch):
     """The two towers read the very tables the ranking part reads, not copies of them."""
     cfg = model_config()

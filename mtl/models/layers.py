@@ -72,3 +72,28 @@ class ExpertMLPs(nn.Module):
 def mix_experts(gate_logits: Tensor, experts: Tensor) -> Tensor:
     """Softmax-gated sum: gate logits [B, G, n] over experts [B, n, H] -> [B, G, H]."""
     return torch.bmm(torch.softmax(gate_logits, dim=-1), experts)
+
+
+class CrossNetwork(nn.Module):
+    """DCN-v2's cross layers (Wang et al. 2021): x_{l+1} = x_0 * (W_l x_l + b_l) + x_l.
+
+    Each layer raises the degree of the feature crosses by one, explicitly and with a residual,
+    where an MLP has to approximate products with ReLUs. The output has the input's width, so it
+    stacks in front of any backbone.
+    """
+
+    def __init__(self, dim: int, layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
+        for layer in self.layers:
+            # Start near the identity: a fresh cross layer adds little, so training begins from
+            # the plain backbone and grows the crosses it finds useful.
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+        self.out_dim = dim
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x = x0
+        for layer in self.layers:
+            x = x0 * layer(x) + x
+        return x

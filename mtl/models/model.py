@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from mtl.config import ConfigError
 from mtl.models.embedding import SIDES, Batch, FeatureEmbedding
-from mtl.models.layers import Tower
+from mtl.models.layers import CrossNetwork, Tower
 from mtl.models.matching.two_tower import TwoTower
 from mtl.models.model_config import ModelConfig, check_model_config
 from mtl.models.multi_task import build_backbone
@@ -49,7 +49,9 @@ class MultiTaskRecModel(nn.Module):
         self.features = FeatureEmbedding(fields, cfg.embedding, feature_stats)
         widths = self.features.widths
         self.input_sides = tuple(s for s in SIDES if widths[s])
-        self.backbone = build_backbone(arch, sum(widths.values()), len(self.tasks))
+        in_dim = sum(widths.values())
+        self.interaction = CrossNetwork(in_dim, arch.cross_layers) if arch.interaction == "cross" else None
+        self.backbone = build_backbone(arch, in_dim, len(self.tasks))
         self.towers = self._towers()
         if arch.kind_towers and ROW_KIND_FIELD not in names:
             raise ConfigError(f"architecture.kind_towers: the schema has no {ROW_KIND_FIELD} field to tell rows apart")
@@ -116,8 +118,21 @@ class MultiTaskRecModel(nn.Module):
         sparse = {id(p) for p in self.sparse_parameters()}
         return [p for p in self.parameters() if id(p) not in sparse]
 
+    def task_parameters(self, task: str) -> dict[str, slice]:
+        """Parameter name -> the rows of it that only ``task``'s output reads (``slice(None)``:
+        all of it): its towers, and its part of the backbone. Everything else is shared."""
+        whole = slice(None)
+        index = self.tasks.index(task)
+        owned = {f"towers.{task}.{name}": whole for name, _ in self.towers[task].named_parameters()}
+        for kind, towers in self.kind_towers.items():
+            owned |= {f"kind_towers.{kind}.{task}.{name}": whole for name, _ in towers[task].named_parameters()}
+        owned |= {f"backbone.{name}": rows for name, rows in self.backbone.task_parameters(index).items()}
+        return owned
+
     def _rank(self, parts: dict[str, Tensor], batch: Batch, traceable: bool = False) -> ModelOutput:
         x = torch.cat([parts[s] for s in self.input_sides], dim=1)
+        if self.interaction is not None:
+            x = self.interaction(x)
         hidden = dict(zip(self.tasks, self.backbone(x)))
         logits = self._selected_tower_logits(hidden, batch) if traceable else self._tower_logits(hidden, batch)
         if self.esmm_tasks is None:

@@ -58,6 +58,10 @@ class ArchitectureConfig:
     # shared embeddings and experts: [candidate] gives the ranker of the candidate list a head
     # that learns only from candidate rows, apart from the exposure rows' click-through.
     kind_towers: list[str] = field(default_factory=list)
+    # Explicit feature crosses in front of the backbone: none, or DCN-v2 cross layers over the
+    # concatenated field embeddings and dense inputs (mtl.models.layers.CrossNetwork).
+    interaction: Literal["none", "cross"] = "none"
+    cross_layers: int = 2
 
     @property
     def backbone(self) -> Backbone:
@@ -96,6 +100,15 @@ class OptimizerConfig:
     lr: float = 1e-3  # Adam, every dense parameter
     sparse_lr: float = 1e-2  # SparseAdam, the embedding tables
     weight_decay: float = 0.0  # dense parameters only: SparseAdam has none
+    # The learning rates' schedule, for both optimisers: constant; cosine decay over the epochs
+    # down to min_lr_ratio; or plateau, which multiplies them by plateau_factor whenever the
+    # early-stopping metric has not improved for plateau_patience epochs. Each starts with
+    # warmup_steps of linear warm-up.
+    schedule: Literal["constant", "cosine", "plateau"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    plateau_factor: float = 0.5
+    plateau_patience: int = 1
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,13 @@ class TrainerConfig:
     # mean_auc, <task>_auc or <task>_log_loss, on the validation set after each epoch
     early_stopping_metric: str = "mean_auc"
     patience: int = 2
+    # Which epoch's weights the model keeps. shared: every parameter from the epoch best by
+    # early_stopping_metric. per_task: the shared parameters (embeddings, experts, retrieval
+    # head) from that epoch, and each task's own parameters (its towers, its gate, its own PLE
+    # experts) from the epoch best by that task's validation metric, where they validate at
+    # least as well on top of the shared ones; training goes on until every task has run out of
+    # patience. See mtl.train.head_selection.
+    head_selection: Literal["shared", "per_task"] = "shared"
     seed: int = 42
     # 0: only at the end of each epoch
     checkpoint_every_steps: int = 1000
@@ -159,6 +179,7 @@ def check_model_config(cfg: ModelConfig) -> None:
         for key in ("levels", "shared_experts", "specific_experts"):
             _at_least(getattr(arch, key), 1, f"architecture.{key}")
 
+    _at_least(arch.cross_layers, 1, "architecture.cross_layers")
     unknown = sorted(set(arch.kind_towers) - set(ROW_KINDS))
     if unknown:
         raise ConfigError(f"architecture.kind_towers: {unknown} not row kinds; use any of {list(ROW_KINDS)}")
@@ -202,6 +223,12 @@ def check_model_config(cfg: ModelConfig) -> None:
             raise ConfigError(f"optimizer.{key}: must be positive")
     if opt.weight_decay < 0:
         raise ConfigError("optimizer.weight_decay: must not be negative")
+    _at_least(opt.warmup_steps, 0, "optimizer.warmup_steps")
+    _at_least(opt.plateau_patience, 1, "optimizer.plateau_patience")
+    if not 0.0 <= opt.min_lr_ratio <= 1.0:
+        raise ConfigError("optimizer.min_lr_ratio: must be in [0, 1]")
+    if not 0.0 < opt.plateau_factor < 1.0:
+        raise ConfigError("optimizer.plateau_factor: must be in (0, 1)")
 
     for key in ("epochs", "batch_size", "patience", "log_every_steps"):
         _at_least(getattr(tr, key), 1, f"trainer.{key}")

@@ -31,6 +31,7 @@ from mtl.models.model import MultiTaskRecModel
 from mtl.models.model_config import ModelConfig, OptimizerConfig, metric_is_higher_better
 from mtl.schema import MISSING_LABEL
 from mtl.seeds import epoch_seed, seed_everything
+from mtl.train import head_selection
 from mtl.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,25 @@ class Optimizers:
         self.dense.load_state_dict(state["dense"])
         if self.sparse is not None:
             self.sparse.load_state_dict(state["sparse"])
+
+    def scale_lr(self, scale: float) -> None:
+        """Every group's learning rate = its configured one x ``scale`` (the schedule's factor)."""
+        for opt in self._all():
+            for group in opt.param_groups:
+                group.setdefault("base_lr", group["lr"])
+                group["lr"] = group["base_lr"] * scale
+
+
+def schedule_scale(cfg: OptimizerConfig, epochs: int, epoch: int, global_step: int, plateau_scale: float) -> float:
+    """The learning-rate factor for a step of ``epoch`` (0-based): warm-up x the schedule's."""
+    scale = 1.0
+    if cfg.schedule == "cosine":
+        scale = cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    elif cfg.schedule == "plateau":
+        scale = plateau_scale
+    if cfg.warmup_steps:
+        scale *= min(1.0, (global_step + 1) / cfg.warmup_steps)
+    return scale
 
 
 def build_optimizers(model: MultiTaskRecModel, loss_fn: nn.Module, cfg: OptimizerConfig) -> Optimizers:
@@ -168,6 +188,10 @@ class FitResult:
     best_epoch: Optional[int]  # 0-based; None without validation
     stopped_early: bool
     history: list[dict[str, float]] = field(default_factory=list)  # validation metrics per epoch
+    # head_selection per_task: each task's best epoch by its own metric, and the epoch whose
+    # head the returned model holds (its best epoch, or best_epoch where that validated worse)
+    task_best_epochs: dict[str, int] = field(default_factory=dict)
+    heads_from: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -179,6 +203,13 @@ class _Progress:
     best_epoch: Optional[int] = None
     epochs_without_improvement: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    # head_selection per_task: per task, its best metric, that epoch, epochs since
+    task_best: dict[str, float] = field(default_factory=dict)
+    task_best_epoch: dict[str, int] = field(default_factory=dict)
+    task_stale: dict[str, int] = field(default_factory=dict)
+    # schedule plateau: the current factor, and epochs without improvement since it last changed
+    plateau_scale: float = 1.0
+    plateau_stale: int = 0
 
 
 class Trainer:
@@ -202,7 +233,7 @@ class Trainer:
         self.device = torch.device(device)
         model.to(self.device)
         loss_fn.to(self.device)
-        self.model, self.loss_fn, self.cfg = model, loss_fn, cfg.trainer
+        self.model, self.loss_fn, self.cfg, self.optimizer_cfg = model, loss_fn, cfg.trainer, cfg.optimizer
         # Distributed training passes Horovod-wrapped optimisers (mtl.train.distributed).
         self.optimizers = optimizers or build_optimizers(model, loss_fn, cfg.optimizer)
         # Only the chief (Horovod rank 0) writes checkpoints; every rank can resume from them.
@@ -215,6 +246,11 @@ class Trainer:
         self.show_progress = sys.stderr.isatty() if progress is None else progress
         self._best_state: Optional[dict[str, Tensor]] = None
         self._rng_at_checkpoint: Optional[dict[str, Any]] = None
+        # head_selection per_task: task -> its own parameters, and their rows at its best epoch
+        self.per_task = cfg.trainer.head_selection == "per_task"
+        self._owned = {t: model.task_parameters(t) for t in model.tasks} if self.per_task else {}
+        self._best_heads: dict[str, head_selection.Heads] = {}
+        self._last_lr_scale = 1.0
 
     def fit(
         self, train: BatchSource, val: Optional[BatchSource] = None, *, resume_from: Optional[str | Path] = None
@@ -223,7 +259,7 @@ class Trainer:
         best weights by the validation metric in the model."""
         progress = self._restore(resume_from) if resume_from else _Progress()
         # A checkpoint written by the epoch that ran out of patience resumes as stopped.
-        stopped_early = progress.epochs_without_improvement >= self.cfg.patience
+        stopped_early = self._out_of_patience(progress)
         while progress.epoch < self.cfg.epochs and not stopped_early:
             self._train_epoch(train, progress)
             progress.epoch += 1
@@ -233,6 +269,7 @@ class Trainer:
             self._save(progress)
         if self._best_state is not None:
             self.model.load_state_dict(self._best_state)
+        heads_from = self._select_heads(val, progress) if self.per_task and val is not None else {}
         return FitResult(
             progress.epoch,
             progress.global_step,
@@ -240,6 +277,8 @@ class Trainer:
             progress.best_epoch,
             stopped_early,
             progress.history,
+            dict(progress.task_best_epoch),
+            heads_from,
         )
 
     def validate(self, val: BatchSource, epoch: int = 0) -> dict[str, float]:
@@ -272,6 +311,7 @@ class Trainer:
             leave=False,
         )
         for batch in bar:
+            self.optimizers.scale_lr(self._lr_scale(progress))
             parts = self._step(batch)
             progress.step_in_epoch += 1
             progress.global_step += 1
@@ -308,8 +348,15 @@ class Trainer:
         if self.loss_fn.log_vars is not None:
             metrics.update({f"train/weight_{t}": w for t, w in self.loss_fn.task_weights().items()})
         metrics["train/examples_per_s"] = rows_per_s
+        metrics["train/lr_scale"] = self._last_lr_scale
         self._log(metrics, step)
         return metrics
+
+    def _lr_scale(self, progress: _Progress) -> float:
+        self._last_lr_scale = schedule_scale(
+            self.optimizer_cfg, self.cfg.epochs, progress.epoch, progress.global_step, progress.plateau_scale
+        )
+        return self._last_lr_scale
 
     # ---- validation and early stopping
 
@@ -331,7 +378,84 @@ class Trainer:
         else:
             progress.epochs_without_improvement += 1
         log.info("epoch %d: %s = %.5f (best %s)", progress.epoch, name, value, progress.best_metric)
-        return progress.epochs_without_improvement >= self.cfg.patience
+        if self.optimizer_cfg.schedule == "plateau":
+            progress.plateau_stale = 0 if improved else progress.plateau_stale + 1
+            if progress.plateau_stale >= self.optimizer_cfg.plateau_patience:
+                progress.plateau_scale *= self.optimizer_cfg.plateau_factor
+                progress.plateau_stale = 0
+                log.info("epoch %d: no gain in %s, learning rates x %.4g", progress.epoch, name, progress.plateau_scale)
+        if self.per_task:
+            self._track_tasks(metrics, progress)
+        return self._out_of_patience(progress)
+
+    def _task_metric(self, task: str) -> str:
+        kind = "log_loss" if self.cfg.early_stopping_metric.endswith("log_loss") else "auc"
+        return f"{task}_{kind}"
+
+    def _track_tasks(self, metrics: dict[str, float], progress: _Progress) -> None:
+        """Per task: a better epoch by its own metric snapshots its own parameters."""
+        higher = not self.cfg.early_stopping_metric.endswith("log_loss")
+        for task, owned in self._owned.items():
+            value = metrics.get(self._task_metric(task), float("nan"))
+            if math.isnan(value):  # no labelled rows of the task on the validation day
+                continue
+            best = progress.task_best.get(task)
+            if best is None or head_selection.is_worse(best, value, higher):
+                progress.task_best[task], progress.task_best_epoch[task] = value, progress.epoch - 1
+                progress.task_stale[task] = 0
+                self._best_heads[task] = head_selection.snapshot(self.model, owned)
+            else:
+                progress.task_stale[task] = progress.task_stale.get(task, 0) + 1
+
+    def _out_of_patience(self, progress: _Progress) -> bool:
+        """Shared selection: the early-stopping metric has not improved for ``patience`` epochs;
+        per task: neither it nor any task's own metric has."""
+        stale = [progress.epochs_without_improvement] + (list(progress.task_stale.values()) if self.per_task else [])
+        return min(stale) >= self.cfg.patience
+
+    def _worse_than(self, metrics: dict[str, float], reference: dict[str, float], task: str, higher: bool) -> bool:
+        name = self._task_metric(task)
+        return head_selection.is_worse(metrics[name], reference[name], higher)
+
+    def _select_heads(self, val: BatchSource, progress: _Progress) -> dict[str, int]:
+        """Give each task the head of its own best epoch over the shared weights now in the model,
+        keeping it only where that task validates at least as well as with the shared epoch's head
+        (the loop re-checks, since ESMM's CTCVR output reads the CTR head too)."""
+        if self._best_state is None or progress.best_epoch is None:
+            return {}
+        shared_epoch = progress.best_epoch
+        reference = progress.history[shared_epoch]
+        higher = not self.cfg.early_stopping_metric.endswith("log_loss")
+        moved = {t for t, e in progress.task_best_epoch.items() if e != shared_epoch and t in self._best_heads}
+        while moved:
+            for task in moved:
+                head_selection.restore(self.model, self._owned[task], self._best_heads[task])
+            metrics = self.validate(val, progress.epoch)
+            worse = {t for t in moved if self._worse_than(metrics, reference, t, higher)}
+            if not worse:
+                break
+            for task in worse:
+                name = self._task_metric(task)
+                log.info(
+                    "head selection: %s keeps the epoch-%d head: its own best (epoch %d) gives %s %.5f over the "
+                    "shared weights, against %.5f",
+                    task,
+                    shared_epoch + 1,
+                    progress.task_best_epoch[task] + 1,
+                    name,
+                    metrics[name],
+                    reference[name],
+                )
+                shared_head = head_selection.from_state(self._best_state, self._owned[task])
+                head_selection.restore(self.model, self._owned[task], shared_head)
+            moved -= worse
+        heads_from = {t: progress.task_best_epoch[t] if t in moved else shared_epoch for t in self.model.tasks}
+        log.info(
+            "head selection: shared weights from epoch %d; heads from epochs %s",
+            shared_epoch + 1,
+            ", ".join(f"{t} {e + 1}" for t, e in heads_from.items()),
+        )
+        return heads_from
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
         if self.metrics_logger is not None:
@@ -350,6 +474,7 @@ class Trainer:
                 "optimizers": self.optimizers.state_dict(),
                 "progress": vars(progress),
                 "best_model": self._best_state,
+                "best_heads": self._best_heads,
                 "rng": rng_state(),
             },
         )
@@ -360,6 +485,7 @@ class Trainer:
         self.loss_fn.load_state_dict(state["loss"])
         self.optimizers.load_state_dict(state["optimizers"])
         self._best_state = state["best_model"]
+        self._best_heads = state.get("best_heads") or {}
         # Only needed mid-epoch: an epoch that starts afresh re-seeds.
         self._rng_at_checkpoint = state["rng"]
         progress = _Progress(**state["progress"])

@@ -21,6 +21,11 @@ class MMoE(nn.Module):
         self.n_tasks = n_tasks
         self.out_dim = self.experts.out_dim
 
+    def task_parameters(self, task: int) -> dict[str, slice]:
+        """The rows of the parameters that only task ``task`` reads: its gate."""
+        rows = slice(task * self.experts.n, (task + 1) * self.experts.n)
+        return {"gates.weight": rows, "gates.bias": rows}
+
     def forward(self, x: Tensor) -> list[Tensor]:
         """One representation per task, [B, out_dim] each."""
         gate_logits = self.gates(x).view(x.shape[0], self.n_tasks, self.experts.n)

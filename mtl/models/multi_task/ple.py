@@ -37,6 +37,15 @@ class CGCLevel(nn.Module):
         self.register_buffer("task_experts", torch.tensor(chosen), persistent=False)
         self.out_dim = self.experts.out_dim
 
+    def task_parameters(self, task: int) -> dict[str, slice]:
+        """What only task ``task`` reads at this level: its gate and its own experts."""
+        whole = slice(None)
+        owned = {f"task_gates.{task}.{name}": whole for name, _ in self.task_gates[task].named_parameters()}
+        experts = slice(task * self.specific, (task + 1) * self.specific)
+        for name, _ in self.experts.named_parameters():
+            owned[f"experts.{name}"] = experts
+        return owned
+
     def forward(self, inputs: Tensor) -> Tensor:
         """inputs [B, in] (first level: all the same) or [B, T + 1, in] -> [B, T (+ 1), out]."""
         expert_in = inputs if inputs.dim() == 2 else inputs.index_select(1, self.expert_input)
@@ -71,6 +80,13 @@ class PLE(nn.Module):
             self.levels.append(level)
             in_dim = level.out_dim
         self.out_dim = in_dim
+
+    def task_parameters(self, task: int) -> dict[str, slice]:
+        return {
+            f"levels.{i}.{name}": rows
+            for i, level in enumerate(self.levels)
+            for name, rows in level.task_parameters(task).items()
+        }
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """One representation per task, [B, out_dim] each."""

@@ -16,6 +16,10 @@ class SharedBottom(nn.Module):
         self.n_tasks = n_tasks
         self.out_dim = self.bottom.out_dim
 
+    def task_parameters(self, task: int) -> dict[str, slice]:
+        """Every parameter of the bottom is shared: a task owns nothing here."""
+        return {}
+
     def forward(self, x: Tensor) -> list[Tensor]:
         """One representation per task, [B, out_dim] each (here the same one)."""
         return [self.bottom(x)] * self.n_tasks
