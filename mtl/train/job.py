@@ -397,6 +397,11 @@ def register(cfg: Config, plan: TrainPlan, chief: WorkerResult) -> tuple[str, st
         finite = {f"final_{k}": v for k, v in chief.final_metrics.items() if isinstance(v, float) and math.isfinite(v)}
         if finite:
             run.log_metrics(finite, chief.fit["global_step"])
+        # trainer.head_selection per_task: each task's own best epoch and the epoch its head came from
+        epochs = {f"best_epoch_{t}": float(e + 1) for t, e in chief.fit.get("task_best_epochs", {}).items()}
+        epochs |= {f"head_epoch_{t}": float(e + 1) for t, e in chief.fit.get("heads_from", {}).items()}
+        if epochs:
+            run.log_metrics(epochs, chief.fit["global_step"])
 
     version, run_id, folder = register_model(
         cfg,
