@@ -15,6 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mtl.errors import JobError
+from mtl.faults import pause_point
 from mtl.tables import TableSpec
 
 log = logging.getLogger(__name__)
@@ -39,19 +40,41 @@ def _named_conflicts(spec: TableSpec, where: str = "") -> Iterator[None]:
         ) from None
 
 
+def _sql_text(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
 def _literal(value) -> str:
     """A partition value as it appears in a SQL predicate (dates as ISO text)."""
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 def ensure_table(spark: SparkSession, spec: TableSpec, path: str) -> DeltaTable:
-    """Create the table (empty, with its schema, partitioning and comments) if it is not there."""
+    """Create the table (empty, with its schema, partitioning and comments) if it is not there;
+    bring an existing one up to the spec's columns (see evolve)."""
     if DeltaTable.isDeltaTable(spark, path):
-        return DeltaTable.forPath(spark, path)
+        table = DeltaTable.forPath(spark, path)
+        evolve(spark, spec, path, table.toDF().schema)
+        return table
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(spec.schema).comment(spec.comment)
     if spec.partition_by:
         builder = builder.partitionedBy(*spec.partition_by)
     return builder.execute()
+
+
+def evolve(spark: SparkSession, spec: TableSpec, path: str, schema) -> None:
+    """A table written by an older release gets the columns the spec added since (null in its
+    old rows) and loses NOT NULL where the spec now allows nulls: metadata-only commits."""
+    have = {f.name: f for f in schema.fields}
+    added = [c for c in spec.columns if c.name not in have]
+    relaxed = [c for c in spec.columns if c.name in have and c.nullable and not have[c.name].nullable]
+    if added:
+        columns = ", ".join(f"{c.name} {c.dtype.simpleString()} COMMENT '{_sql_text(c.comment)}'" for c in added)
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
+        log.info("table %s: added columns %s", spec.name, [c.name for c in added])
+    for column in relaxed:
+        spark.sql(f"ALTER TABLE delta.`{path}` ALTER COLUMN {column.name} DROP NOT NULL")
+        log.info("table %s: column %s now allows nulls", spec.name, column.name)
 
 
 def table_version(spark: SparkSession, path: str) -> Optional[int]:
@@ -78,6 +101,7 @@ def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
 def append(spark: SparkSession, df: DataFrame, spec: TableSpec, path: str) -> int:
     """Append in one transaction; returns the new table version."""
     ensure_table(spark, spec, path)
+    pause_point(f"write:{spec.name}")
     with _named_conflicts(spec):
         conform(df, spec).write.format("delta").mode("append").save(path)
     return table_version(spark, path)
@@ -103,6 +127,7 @@ def insert_new_rows(
         return 0
     in_list = ", ".join(f"'{_literal(v)}'" for v in values)
     condition = f"t.{partition_col} IN ({in_list}) AND t.{partition_col} = s.{partition_col} AND t.{key} = s.{key}"
+    pause_point(f"write:{spec.name}")
     with _named_conflicts(spec, f" ({partition_col} IN ({in_list}))"):
         metrics = target.alias("t").merge(conform(df, spec).alias("s"), condition).whenNotMatchedInsertAll().execute()
     if metrics is not None and "num_inserted_rows" in metrics.columns:
@@ -138,6 +163,7 @@ def replace_where(
     """
     table = ensure_table(spark, spec, path)
     writer = conform(df, spec).write.format("delta").mode("overwrite").option("replaceWhere", predicate)
+    pause_point(f"write:{spec.name}")
     for attempt in range(conflict_retries + 1):
         try:
             with _named_conflicts(spec, f" ({predicate})"):

@@ -102,9 +102,18 @@ PIPELINE_RUNS = TableSpec(
         Column("run_id", T.StringType(), False, "Unique id of the run."),
         Column("job", T.StringType(), False, "Job name, e.g. ingest."),
         Column("ds", T.DateType(), True, "Logical date the run was for, if any."),
-        Column("status", T.StringType(), False, "succeeded or failed."),
+        Column(
+            "status",
+            T.StringType(),
+            False,
+            "running (written when the run starts), succeeded, failed, or abandoned: the run stopped "
+            "without ending (killed, machine lost), found by a later run of the job and ds or by "
+            "mtl-check-outputs from its stale heartbeat_at.",
+        ),
         Column("started_at", T.TimestampType(), False, "Run start (UTC)."),
-        Column("ended_at", T.TimestampType(), False, "Run end (UTC)."),
+        Column(
+            "ended_at", T.TimestampType(), True, "Run end (UTC); null while running; the last heartbeat if abandoned."
+        ),
         Column("input_rows", T.LongType(), True, "Rows read."),
         Column("output_rows", T.LongType(), True, "Rows written to the main output table."),
         Column("rejected_rows", T.LongType(), True, "Rows quarantined."),
@@ -114,7 +123,10 @@ PIPELINE_RUNS = TableSpec(
         Column("model_version", T.StringType(), True, "Model version used or produced, if any."),
         Column("config_hash", T.StringType(), False, "Fingerprint of the resolved config."),
         Column("details", T.StringType(), True, "JSON with job-specific facts (e.g. counts per reject reason)."),
-        Column("error", T.StringType(), True, "Error message of a failed run."),
+        Column("error", T.StringType(), True, "Error message of a failed run, or why it counts as abandoned."),
+        Column("host", T.StringType(), True, "Host name of the process that ran the job."),
+        Column("pid", T.LongType(), True, "Process id of the job on that host."),
+        Column("heartbeat_at", T.TimestampType(), True, "Last sign of life of a running job (UTC)."),
     ),
 )
 

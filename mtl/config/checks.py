@@ -22,6 +22,12 @@ def check_config(cfg: Config) -> None:
     weekday = cfg.pipeline.full_retrain_weekday
     if weekday is not None and not 0 <= weekday <= 6:
         raise ConfigError("pipeline.full_retrain_weekday: 0 (Monday) to 6 (Sunday), or null")
+    if cfg.pipeline.heartbeat_s <= 0:
+        raise ConfigError("pipeline.heartbeat_s: must be positive")
+    if cfg.pipeline.abandoned_after_s < 2 * cfg.pipeline.heartbeat_s:
+        raise ConfigError(
+            "pipeline.abandoned_after_s: must be at least twice pipeline.heartbeat_s, or a live run looks abandoned"
+        )
     tr = cfg.training
     for key in ("window_days", "num_proc", "start_timeout_s", "collective_timeout_s", "reader_workers"):
         if getattr(tr, key) < 1:

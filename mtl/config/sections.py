@@ -174,6 +174,11 @@ class PipelineConfig:
     # Weekday (0 = Monday ... 6 = Sunday) of the weekly full retrain; null: incremental every day
     # once a model is published (the first run always trains in full).
     full_retrain_weekday: Optional[int] = 6
+    # Every job's pipeline_runs row is written when it starts (status running) and its
+    # heartbeat_at refreshed every heartbeat_s; a running row whose heartbeat is older than
+    # abandoned_after_s (or whose process is gone from this host) is marked abandoned.
+    heartbeat_s: float = 30.0
+    abandoned_after_s: float = 300.0
 
 
 @dataclass(frozen=True)

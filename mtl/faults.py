@@ -1,0 +1,29 @@
+"""A test hook for fault injection: ``MTL_PAUSE_AT=<point>`` makes the process stop at that
+point (after writing ``MTL_PAUSE_MARKER``, if set, so a test knows it got there) and wait to be
+killed. Points are named ``<job>:started`` (the run's pipeline_runs row is written) and
+``write:<table>`` (just before the commit of a write to that table). Unset, it costs one dict
+lookup and does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PAUSE_ENV = "MTL_PAUSE_AT"
+MARKER_ENV = "MTL_PAUSE_MARKER"
+
+
+def pause_point(name: str) -> None:
+    if os.environ.get(PAUSE_ENV) != name:
+        return
+    log.warning("%s=%s: pausing here until killed (pid %d)", PAUSE_ENV, name, os.getpid())
+    marker = os.environ.get(MARKER_ENV)
+    if marker:
+        Path(marker).write_text(str(os.getpid()))
+    while True:
+        time.sleep(3600)
