@@ -114,3 +114,16 @@ def test_the_shipped_spaces_load_and_tuning_numbers_are_checked():
         load_config(LOCAL_CONF, ["tuning.trials=0"])
     with pytest.raises(ConfigError, match="tuning.space: search space .* not found"):
         check_tune_inputs(load_config(LOCAL_CONF, ["tuning.space=nope"]))
+
+
+@pytest.mark.slow
+def test_parallel_workers_share_one_study_as_processes_and_as_spark_tasks(spark, world):
+    cfg, root = world
+    study = "tune-parallel"
+    two = run_tune(spark, cfg, D, trials=2, parallel=2, space="tiny", study_name=study)
+    assert (two.trials_run, two.trials_counted) == (2, 2)
+    on_spark = load_config(LOCAL_CONF, world_overrides(root, "tuning.launcher=spark"))
+    four = run_tune(spark, on_spark, D, trials=4, parallel=2, space="tiny", study_name=study)
+    assert (four.trials_run, four.trials_counted, four.parent_run_id) == (2, 4, two.parent_run_id)
+    children = _children(cfg, two.parent_run_id)
+    assert sorted(int(r.data.tags[TAG_TRIAL]) for r in children) == [0, 1, 2, 3]

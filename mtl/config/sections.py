@@ -182,8 +182,10 @@ class TuningConfig:
     # for this invocation (null: no limit).
     trials: int = 20
     timeout_min: Optional[float] = None
-    # Worker processes, each running trials against the same storage.
+    # Workers, each running trials against the same storage: local processes (spawned on this
+    # host; 1 runs in the job's own process) or Spark tasks on the job's executors.
     parallel: int = 1
+    launcher: Literal["processes", "spark"] = "processes"
     # The TPE sampler's seed (each worker and restart derives its own from it).
     seed: int = 42
     # Median pruning: trials only compared after this many have finished, and not before this epoch.

@@ -158,7 +158,7 @@ def run_tune(
     client = registry._client(cfg)
     client.update_run(parent, status="RUNNING")
     try:
-        ran = _run_workers(tasks)
+        ran = _run_workers(spark, tasks, cfg.tuning.launcher)
     except BaseException:
         client.set_terminated(parent, "KILLED")
         raise
@@ -199,12 +199,26 @@ def run_tune(
     )
 
 
-def _run_workers(tasks: list[WorkerTask]) -> list[int]:
+def _run_workers(spark, tasks: list[WorkerTask], launcher: str) -> list[int]:
+    if launcher == "spark" and tasks:
+        # One Spark task per worker on this job's executors; every executor must reach the
+        # study's storage (an RDB URL, or a journal file on a shared folder) and the tracking store.
+        log.info("running %d tuning worker(s) as Spark tasks on this job's executors", len(tasks))
+        return spark.sparkContext.parallelize(tasks, len(tasks)).map(run_worker).collect()
     if len(tasks) <= 1:
-        return [run_worker(t) for t in tasks]  # in this process: no start-up cost, the test's path
+        return [run_worker(t) for t in tasks]  # in this process: no start-up cost
     # spawn: a fresh interpreter per worker (fork would copy the JVM gateway and torch's threads)
-    with multiprocessing.get_context("spawn").Pool(len(tasks)) as pool:
+    level = logging.getLogger().getEffectiveLevel()
+    with multiprocessing.get_context("spawn").Pool(len(tasks), initializer=_worker_logging, initargs=(level,)) as pool:
         return pool.map(run_worker, tasks, chunksize=1)
+
+
+def _worker_logging(level: int) -> None:
+    """A spawned worker starts with no logging set up: its progress lines go to stderr like the driver's."""
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s", datefmt="%H:%M:%S"
+    )
+    logging.getLogger("petastorm").setLevel(max(level, logging.WARNING))
 
 
 def _split(n: int, parts: int) -> list[int]:

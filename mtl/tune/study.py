@@ -138,15 +138,20 @@ def run_worker(task: WorkerTask) -> int:
             n_warmup_steps=task.cfg.tuning.pruner_warmup_epochs,
         ),
     )
-    before = len(study.get_trials(deepcopy=False))
+    ran: list[int] = []
+
+    def finished(s: optuna.Study, t: FrozenTrial) -> None:
+        ran.append(t.number)
+        log.info("%s", progress_line(task, s, t))
+
     study.optimize(
         lambda trial: objective(task, trial),
         n_trials=task.n_trials,
         timeout=task.timeout_s,
         catch=(ConfigError,),  # a combination the model config rejects fails that trial only
-        callbacks=[lambda s, t: log.info("%s", progress_line(task, s, t))],
+        callbacks=[finished],
     )
-    return len(study.get_trials(deepcopy=False)) - before
+    return len(ran)
 
 
 def objective(task: WorkerTask, trial: optuna.Trial) -> float:
