@@ -23,6 +23,7 @@ STAGES = (
     "features",
     "data",
     "train",
+    "tune",
     "export",
     "recommend",
     "evaluate",

@@ -45,6 +45,7 @@ from mtl.config.sections import (
     ThresholdRule,
     TrackingConfig,
     TrainingConfig,
+    TuningConfig,
 )
 
 __all__ = [
@@ -76,6 +77,7 @@ __all__ = [
     "ThresholdRule",
     "TrackingConfig",
     "TrainingConfig",
+    "TuningConfig",
     "load_config",
     "load_typed",
     "parse_typed",

@@ -111,6 +111,7 @@ def check_config(cfg: Config) -> None:
     _check_scoring(cfg)
     _check_candidates(cfg)
     _check_monitoring(cfg)
+    _check_tuning(cfg)
 
 
 def _check_time_zone(name: str, key: str) -> None:
@@ -223,3 +224,20 @@ def _check_monitoring(cfg: Config) -> None:
             raise ConfigError(f"{where}: warn_above {rule.warn_above} is above fail_above {rule.fail_above}")
         if rule.warn_below is not None and rule.fail_below is not None and rule.warn_below < rule.fail_below:
             raise ConfigError(f"{where}: warn_below {rule.warn_below} is below fail_below {rule.fail_below}")
+
+
+def _check_tuning(cfg: Config) -> None:
+    """The numbers of the tuning section; the search space itself is checked by mtl.tune.space
+    when mtl-tune loads it (before any trial starts)."""
+    tu = cfg.tuning
+    for key in ("trials", "parallel", "pruner_startup_trials"):
+        if getattr(tu, key) < 1:
+            raise ConfigError(f"tuning.{key}: must be at least 1, got {getattr(tu, key)}")
+    if tu.pruner_warmup_epochs < 0:
+        raise ConfigError(f"tuning.pruner_warmup_epochs: must not be negative, got {tu.pruner_warmup_epochs}")
+    if tu.timeout_min is not None and tu.timeout_min <= 0:
+        raise ConfigError("tuning.timeout_min: must be positive (or null for no limit)")
+    if not tu.space:
+        raise ConfigError("tuning.space: name a search space under conf/tune/ or a YAML file")
+    if not tu.storage_dir:
+        raise ConfigError("tuning.storage_dir: must name a folder under the warehouse")

@@ -168,6 +168,32 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class TuningConfig:
+    """Hyper-parameter search (mtl-tune, mtl/tune/): an Optuna study of training runs."""
+
+    # The search space: a name under conf/tune/ (default -> conf/tune/default.yaml) or a YAML path.
+    space: str = "default"
+    # Optuna storage: null keeps a journal file per study under <warehouse>/<storage_dir>/ (a
+    # local or shared folder); else an Optuna storage URL (sqlite:///..., postgresql://...) or a
+    # journal file path ending in .log, which every parallel worker must reach.
+    storage: Optional[str] = None
+    storage_dir: str = "_tuning"
+    # Trials of the study in all (finished ones counted across restarts) and wall-clock minutes
+    # for this invocation (null: no limit).
+    trials: int = 20
+    timeout_min: Optional[float] = None
+    # Workers, each running trials against the same storage: local processes (spawned on this
+    # host; 1 runs in the job's own process) or Spark tasks on the job's executors.
+    parallel: int = 1
+    launcher: Literal["processes", "spark"] = "processes"
+    # The TPE sampler's seed (each worker and restart derives its own from it).
+    seed: int = 42
+    # Median pruning: trials only compared after this many have finished, and not before this epoch.
+    pruner_startup_trials: int = 3
+    pruner_warmup_epochs: int = 1
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """The daily chain (mtl-pipeline, the Airflow DAG)."""
 
@@ -472,6 +498,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     gate: GateConfig = field(default_factory=GateConfig)

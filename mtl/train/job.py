@@ -24,7 +24,7 @@ import math
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -205,11 +205,14 @@ class _Recorder:
     """Keeps the chief's training metrics; the driver logs them to MLflow after the run, so
     workers (possibly on executors) need no tracking-store access."""
 
-    def __init__(self) -> None:
+    def __init__(self, observer: Optional[Callable[[dict[str, float], int], None]] = None) -> None:
         self.rows: list[tuple[int, dict[str, float]]] = []
+        self.observer = observer
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.rows.append((step, dict(metrics)))
+        if self.observer is not None:  # e.g. mtl.tune: reports val/<metric> per epoch, may stop the run
+            self.observer(dict(metrics), step)
 
 
 def _shard_epoch(batches: ExampleBatches, epoch: int, steps: int) -> Iterator[dict]:
@@ -239,8 +242,10 @@ def parameter_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def train_worker(plan: TrainPlan) -> WorkerResult:
-    """Train on this process's shard; the same function for every launch mode."""
+def train_worker(plan: TrainPlan, observer: Optional[Callable[[dict[str, float], int], None]] = None) -> WorkerResult:
+    """Train on this process's shard; the same function for every launch mode. ``observer``
+    (the chief only) sees every metrics row the trainer logs, as it is logged; an exception it
+    raises ends the run (hyper-parameter search prunes a trial this way)."""
     world = init_world()
     threads = plan.torch_threads or (max(1, (os.cpu_count() or 1) // world.local_size) if world.distributed else None)
     if threads:
@@ -274,7 +279,7 @@ def train_worker(plan: TrainPlan) -> WorkerResult:
         if plan.val_files
         else None
     )
-    recorder = _Recorder()
+    recorder = _Recorder(observer)
     Path(plan.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     checkpoint = Path(plan.checkpoint_dir) / CHECKPOINT_NAME
     trainer = Trainer(
