@@ -186,14 +186,14 @@ def _embedded_root(cfg: Config) -> Path:
     return Path(urllib.parse.unquote(parsed.path) if parsed.scheme else root) / "mlflow"
 
 
-def _client(cfg: Config) -> MlflowClient:
+def tracking_client(cfg: Config) -> MlflowClient:
     uri = tracking_uri(cfg)
     if not cfg.tracking.tracking_uri:
         _embedded_root(cfg).mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _experiment_id(client: MlflowClient, cfg: Config) -> str:
+def experiment_id_of(client: MlflowClient, cfg: Config) -> str:
     name = cfg.tracking.experiment
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
@@ -217,13 +217,13 @@ class MlflowRun:
 
     def __init__(self, cfg: Config, run_name: Optional[str] = None, tags: Optional[Mapping[str, str]] = None):
         self._cfg = cfg
-        self._client = _client(cfg)
+        self._client = tracking_client(cfg)
         self._run_name = run_name
         self._tags = dict(tags or {})
         self._run: Optional[Run] = None
 
     def __enter__(self) -> MlflowRun:
-        experiment_id = _experiment_id(self._client, self._cfg)
+        experiment_id = experiment_id_of(self._client, self._cfg)
         self._run = self._client.create_run(experiment_id, run_name=self._run_name, tags=self._tags)
         log.info("MLflow run %s started in experiment %r", self.run_id, self._cfg.tracking.experiment)
         return self
@@ -288,7 +288,7 @@ def register_artifact(cfg: Config, run: MlflowRun, folder: str | Path) -> str:
     folder = _check_artifact_folder(folder)
     metadata = _read_json(folder / METADATA_FILE)
     run.log_artifact_folder(folder, ARTIFACT_PATH)
-    client = _client(cfg)
+    client = tracking_client(cfg)
     name = cfg.tracking.registered_model
     try:
         client.create_registered_model(name)
@@ -312,7 +312,7 @@ def load_version(cfg: Config, version: Optional[str] = None, alias: Optional[str
     """Download a registered version and load it. Without a version or an alias: the champion."""
     if version is not None and alias is not None:
         raise ValueError("load_version takes a version or an alias, not both")
-    client = _client(cfg)
+    client = tracking_client(cfg)
     name = cfg.tracking.registered_model
     if version is None:
         alias = alias or cfg.tracking.champion_alias
@@ -329,7 +329,7 @@ def load_version(cfg: Config, version: Optional[str] = None, alias: Optional[str
 
 def version_run_id(cfg: Config, version: str) -> str:
     """The MLflow run a registered version was logged in."""
-    client = _client(cfg)
+    client = tracking_client(cfg)
     name = cfg.tracking.registered_model
     _check_version(client, name, version)
     return client.get_model_version(name, str(version)).run_id
@@ -340,12 +340,12 @@ def log_version_folder(cfg: Config, version: str, folder: str | Path, artifact_p
     (e.g. its ONNX export), next to the ``model/`` folder the version points at."""
     if artifact_path == ARTIFACT_PATH:
         raise ValueError(f"{ARTIFACT_PATH}/ holds the version itself, which is never changed")
-    _client(cfg).log_artifacts(version_run_id(cfg, version), str(folder), artifact_path)
+    tracking_client(cfg).log_artifacts(version_run_id(cfg, version), str(folder), artifact_path)
 
 
 def download_version_folder(cfg: Config, version: str, artifact_path: str, dst: str | Path) -> Optional[Path]:
     """Download ``artifact_path`` of the version's run into ``dst``; None if the run has none."""
-    client = _client(cfg)
+    client = tracking_client(cfg)
     run_id = version_run_id(cfg, version)
     if not client.list_artifacts(run_id, artifact_path):
         return None
@@ -357,12 +357,12 @@ def download_version_folder(cfg: Config, version: str, artifact_path: str, dst: 
 
 def champion_version(cfg: Config) -> Optional[str]:
     """The version the champion alias points at; None if none does (or nothing is registered)."""
-    return _alias_version(_client(cfg), cfg.tracking.registered_model, cfg.tracking.champion_alias)
+    return _alias_version(tracking_client(cfg), cfg.tracking.registered_model, cfg.tracking.champion_alias)
 
 
 def set_champion(cfg: Config, version: str) -> None:
     """Point the champion alias at ``version``: it becomes the published model."""
-    client = _client(cfg)
+    client = tracking_client(cfg)
     name, alias = cfg.tracking.registered_model, cfg.tracking.champion_alias
     _check_version(client, name, version)
     previous = _alias_version(client, name, alias)
@@ -373,7 +373,9 @@ def set_champion(cfg: Config, version: str) -> None:
 def latest_version(cfg: Config) -> Optional[str]:
     """The most recently registered version; None if there is none."""
     name = cfg.tracking.registered_model
-    versions = _client(cfg).search_model_versions(f"name = '{name}'", max_results=1, order_by=["version_number DESC"])
+    versions = tracking_client(cfg).search_model_versions(
+        f"name = '{name}'", max_results=1, order_by=["version_number DESC"]
+    )
     return str(versions[0].version) if versions else None
 
 
@@ -381,7 +383,7 @@ def versions_for_ds(cfg: Config, ds: str) -> list[str]:
     """Registered versions trained for ``ds`` (their ``ds`` tag), oldest first."""
     name = cfg.tracking.registered_model
     try:
-        versions = _client(cfg).search_model_versions(f"name = '{name}'")
+        versions = tracking_client(cfg).search_model_versions(f"name = '{name}'")
     except MlflowException as exc:
         if exc.error_code == _DOES_NOT_EXIST:
             return []

@@ -155,7 +155,7 @@ def run_tune(
         for i, n in enumerate(_split(remaining, parallel))
         if n > 0
     ]
-    client = registry._client(cfg)
+    client = registry.tracking_client(cfg)
     client.update_run(parent, status="RUNNING")
     try:
         ran = _run_workers(spark, tasks, cfg.tuning.launcher)
@@ -257,9 +257,9 @@ def _parent_run(cfg: Config, study, ds: dt.date, name: str, spec: str, space: Se
     run_id = study.user_attrs.get(PARENT_RUN)
     if run_id:
         return run_id
-    client = registry._client(cfg)
+    client = registry.tracking_client(cfg)
     run = client.create_run(
-        registry._experiment_id(client, cfg),
+        registry.experiment_id_of(client, cfg),
         run_name=f"tune {ds.isoformat()}",
         tags={TAG_STUDY: name, "ds": ds.isoformat(), "mtl.job": "tune"},
     )

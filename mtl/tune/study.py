@@ -175,7 +175,7 @@ def objective(task: WorkerTask, trial: optuna.Trial) -> float:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}: {task.metric} {metrics[key]:.4f}")
 
-    client = registry._client(task.cfg)
+    client = registry.tracking_client(task.cfg)
     tags = {
         "mlflow.parentRunId": task.parent_run_id,
         TAG_STUDY: task.study_name,
