@@ -1,7 +1,8 @@
 """A test hook for fault injection: ``MTL_PAUSE_AT=<point>`` makes the process stop at that
 point (after writing ``MTL_PAUSE_MARKER``, if set, so a test knows it got there) and wait to be
-killed. Points are named ``<job>:started`` (the run's pipeline_runs row is written) and
-``write:<table>`` (just before the commit of a write to that table). Unset, it costs one dict
+killed. Points: ``<job>:started`` (the run's pipeline_runs row is written), ``write:<table>``
+(just before the commit of a write to that table), ``register:<model>`` (before a new model
+version is created) and ``publish:<alias>`` (before the alias moves). Unset, it costs one dict
 lookup and does nothing.
 """
 

@@ -49,6 +49,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 
 from mtl.config import Config, ConfigError
 from mtl.errors import InputError, JobError
+from mtl.faults import pause_point
 from mtl.tables import warehouse_root
 
 log = logging.getLogger(__name__)
@@ -295,6 +296,7 @@ def register_artifact(cfg: Config, run: MlflowRun, folder: str | Path) -> str:
     except MlflowException as exc:
         if exc.error_code != _ALREADY_EXISTS:
             raise
+    pause_point(f"register:{name}")
     # mlflow.register_model("runs:/<id>/model") wants an MLmodel file or, since MLflow 3, a
     # LoggedModel under that path, and fails for a plain folder. A version whose source is the
     # run's artifact location needs neither and downloads like any artifact folder.
@@ -366,6 +368,7 @@ def set_champion(cfg: Config, version: str) -> None:
     name, alias = cfg.tracking.registered_model, cfg.tracking.champion_alias
     _check_version(client, name, version)
     previous = _alias_version(client, name, alias)
+    pause_point(f"publish:{alias}")
     client.set_registered_model_alias(name, alias, str(version))
     log.info("%r alias %r now points at version %s (before: %s)", name, alias, version, previous or "none")
 

@@ -94,13 +94,18 @@ def run_ingest(
 
             share = quarantined / rows_read
             limit_exceeded = share > cfg.ingest.max_quarantine_share
-            quarantine_version = None
-            if quarantined:
+
+            def write_quarantine() -> Optional[int]:
+                if not quarantined:
+                    return None
                 quarantine = _quarantine_rows(rows, run.run_id, source, limit_exceeded)
-                quarantine_version = delta_io.append(spark, quarantine, EVENTS_QUARANTINE, quarantine_path)
-                run.tables_written[EVENTS_QUARANTINE.name] = quarantine_version
-                log.info("wrote %d rows to %s (version %d)", quarantined, EVENTS_QUARANTINE.name, quarantine_version)
+                version = delta_io.append(spark, quarantine, EVENTS_QUARANTINE, quarantine_path)
+                run.tables_written[EVENTS_QUARANTINE.name] = version
+                log.info("wrote %d rows to %s (version %d)", quarantined, EVENTS_QUARANTINE.name, version)
+                return version
+
             if limit_exceeded:
+                write_quarantine()
                 run.output_rows, run.duplicate_rows = 0, 0
                 raise QuarantineLimitExceeded(
                     f"{quarantined} of {rows_read} rows ({share:.2%}) of {path} were rejected, above the limit "
@@ -125,6 +130,10 @@ def run_ingest(
                 valid_rows - accepted,
                 events_version,
             )
+            # After the events: a run killed between the two writes leaves events complete (its rerun
+            # finds every row a duplicate) and no quarantine rows of a run that never finished; the
+            # other order would leave them behind, and the rerun would add its own.
+            quarantine_version = write_quarantine()
         finally:
             rows.unpersist()
 

@@ -22,7 +22,7 @@ from mtl import delta_io
 from mtl.config import Config
 from mtl.errors import JobError
 from mtl.pipeline.steps import QUALITY_CHECKS
-from mtl.run_record import RunRecorder
+from mtl.run_record import RunRecorder, mark_abandoned
 from mtl.score.output_checks import check_recommendations, check_repurchase
 from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS, TableSpec
 
@@ -72,6 +72,9 @@ def check_outputs(spark: SparkSession, cfg: Config, ds: dt.date) -> str:
     details: dict[str, dict] = {}
     versions: dict[str, list[str]] = {}
     with RunRecorder(spark, cfg, JOB, ds) as run:
+        # Runs of any job for ds that died (killed, machine lost) are marked, and named below.
+        abandoned = [f"{r['job']} (run {r['run_id']}, pid {r['pid']})" for r in mark_abandoned(spark, cfg, ds=ds)]
+        run.details["abandoned_runs"] = abandoned
         for spec, checks in (
             (DAILY_RECOMMENDATIONS, lambda df: _recommendation_checks(df, cfg.scoring.k)),
             (REPURCHASE_PREDICTIONS, _repurchase_checks),
@@ -107,4 +110,5 @@ def check_outputs(spark: SparkSession, cfg: Config, ds: dt.date) -> str:
         f"ds {ds}: {len(QUALITY_CHECKS)} checks passed; daily_recommendations {rec['rows']:,} rows for "
         f"{rec['users']:,} users, repurchase_predictions {rep['rows']:,} rows for {rep['users']:,} users "
         f"({', '.join(rep['probabilities'])}); model version {run.model_version}"
+        + (f"; marked {len(abandoned)} run(s) of ds {ds} abandoned: {', '.join(abandoned)}" if abandoned else "")
     )
