@@ -100,8 +100,8 @@ def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
 
 def append(spark: SparkSession, df: DataFrame, spec: TableSpec, path: str) -> int:
     """Append in one transaction; returns the new table version."""
+    pause_point(f"write:{spec.name}")  # before the table's creation too: that is a commit of its own
     ensure_table(spark, spec, path)
-    pause_point(f"write:{spec.name}")
     with _named_conflicts(spec):
         conform(df, spec).write.format("delta").mode("append").save(path)
     return table_version(spark, path)
@@ -120,6 +120,7 @@ def insert_new_rows(
     ``df`` must hold each key once. The partition values the batch touches are given as
     literals so Delta reads only those partitions of the target. Returns rows inserted.
     """
+    pause_point(f"write:{spec.name}")
     target = ensure_table(spark, spec, path)
     (partition_col,) = spec.partition_by
     values = sorted(set(partition_values))
@@ -127,7 +128,6 @@ def insert_new_rows(
         return 0
     in_list = ", ".join(f"'{_literal(v)}'" for v in values)
     condition = f"t.{partition_col} IN ({in_list}) AND t.{partition_col} = s.{partition_col} AND t.{key} = s.{key}"
-    pause_point(f"write:{spec.name}")
     with _named_conflicts(spec, f" ({partition_col} IN ({in_list}))"):
         metrics = target.alias("t").merge(conform(df, spec).alias("s"), condition).whenNotMatchedInsertAll().execute()
     if metrics is not None and "num_inserted_rows" in metrics.columns:
@@ -161,9 +161,9 @@ def replace_where(
     race to another run's is tried again up to ``conflict_retries`` times (the replace is
     idempotent), then fails with a WriteConflict naming the table and the predicate.
     """
+    pause_point(f"write:{spec.name}")
     table = ensure_table(spark, spec, path)
     writer = conform(df, spec).write.format("delta").mode("overwrite").option("replaceWhere", predicate)
-    pause_point(f"write:{spec.name}")
     for attempt in range(conflict_retries + 1):
         try:
             with _named_conflicts(spec, f" ({predicate})"):

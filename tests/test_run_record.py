@@ -1,14 +1,12 @@
 """pipeline_runs from a run's first second: a running row with a heartbeat, the end recorded
-in place, and runs that died (killed for real) marked abandoned by the next run."""
+in place, and runs that died marked abandoned (a real kill: tests/test_fault_injection.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -17,10 +15,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mtl import delta_io
-from mtl.faults import MARKER_ENV, PAUSE_ENV
 from mtl.run_record import RunRecorder, mark_abandoned
 from mtl.tables import PIPELINE_RUNS
-from tests.conftest import LOCAL_CONF, ROOT, TEST_OVERRIDES
 
 D = dt.date(2017, 11, 26)
 
@@ -122,37 +118,3 @@ def test_a_table_of_an_older_release_gets_the_new_columns(spark, make_config):
     assert new <= set(fields) and fields["ended_at"].nullable
     assert _row(spark, cfg, "old").host is None
     assert _row(spark, cfg, run.run_id).status == "succeeded"
-
-
-def test_a_killed_job_leaves_a_running_row_that_its_rerun_marks_abandoned(spark, make_config, tmp_path):
-    """A real kill: mtl-ingest pauses right after writing its row, and its whole process tree
-    (the driver and Spark's JVM) gets SIGKILL."""
-    cfg = make_config()
-    raw = tmp_path / "raw.csv"
-    raw.write_text("1,100,10,pv,1511600000\n2,101,11,buy,1511650000\n")
-    marker = tmp_path / "paused"
-    cmd = [sys.executable, str(ROOT / "jobs" / "ingest.py"), "--conf", str(LOCAL_CONF), "--input", str(raw)]
-    for override in [*TEST_OVERRIDES, f"storage.warehouse={tmp_path / 'warehouse'}"]:
-        cmd += ["--set", override]
-    env = {**os.environ, PAUSE_ENV: "ingest:started", MARKER_ENV: str(marker)}
-    job = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not marker.exists():
-        assert job.poll() is None, job.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "the job never reached its pause point"
-        time.sleep(0.5)
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait(timeout=60)
-
-    (killed,) = _runs(spark, cfg).collect()
-    assert (killed.job, killed.status, killed.pid, killed.ended_at) == ("ingest", "running", job.pid, None)
-    assert not DeltaTable.isDeltaTable(spark, str(tmp_path / "warehouse" / "events"))
-
-    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    status = {r.run_id: r.status for r in _runs(spark, cfg).collect()}
-    assert status.pop(killed.run_id) == "abandoned"
-    assert list(status.values()) == ["succeeded"]
-    assert f"pid {job.pid}" in _row(spark, cfg, killed.run_id).error
-    assert spark.read.format("delta").load(str(tmp_path / "warehouse" / "events")).count() == 2

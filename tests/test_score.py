@@ -393,6 +393,9 @@ def test_rerun_replaces_pseudonymises_and_a_failed_check_keeps_the_partition(spa
     assert record.status == "failed" and record.model_version == broken and "output checks failed" in record.error
     assert not (root / "warehouse" / "_staging" / "score" / record.run_id).exists()
     assert all("s3cret" not in (r.error or "") + (r.details or "") for r in runs(spark, private).collect())
+    # Nor anywhere on disk: Delta logs and files, the MLflow store (runs' params and tags), staging.
+    files = [p for p in (root / "warehouse").rglob("*") if p.is_file()]
+    assert len(files) > 20 and [p for p in files if b"s3cret" in p.read_bytes()] == []
 
 
 def test_output_checks_catch_planted_violations(spark):
