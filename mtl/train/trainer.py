@@ -389,12 +389,12 @@ class Trainer:
         return self._out_of_patience(progress)
 
     def _task_metric(self, task: str) -> str:
-        kind = "log_loss" if self.cfg.early_stopping_metric.endswith("log_loss") else "auc"
+        kind = "auc" if metric_is_higher_better(self.cfg.early_stopping_metric) else "log_loss"
         return f"{task}_{kind}"
 
     def _track_tasks(self, metrics: dict[str, float], progress: _Progress) -> None:
         """Per task: a better epoch by its own metric snapshots its own parameters."""
-        higher = not self.cfg.early_stopping_metric.endswith("log_loss")
+        higher = metric_is_higher_better(self.cfg.early_stopping_metric)
         for task, owned in self._owned.items():
             value = metrics.get(self._task_metric(task), float("nan"))
             if math.isnan(value):  # no labelled rows of the task on the validation day
@@ -425,7 +425,7 @@ class Trainer:
             return {}
         shared_epoch = progress.best_epoch
         reference = progress.history[shared_epoch]
-        higher = not self.cfg.early_stopping_metric.endswith("log_loss")
+        higher = metric_is_higher_better(self.cfg.early_stopping_metric)
         moved = {t for t, e in progress.task_best_epoch.items() if e != shared_epoch and t in self._best_heads}
         while moved:
             for task in moved:
