@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
-from mtl import registry
+from mtl import delta_io, registry
 from mtl.cli.pipeline import run_day
 from mtl.config import Config, load_config
 from mtl.faults import MARKER_ENV, PAUSE_ENV
@@ -61,11 +60,9 @@ FEATURE_TABLES = (
 
 def _content(spark, cfg: Config, spec: TableSpec):
     """(Delta version, the rows without volatile columns, sorted); (None, None) with no table."""
-    path = spec.path(cfg.storage)
-    if not DeltaTable.isDeltaTable(spark, path):
+    version, df = delta_io.read_pinned(spark, spec.path(cfg.storage))
+    if df is None:
         return None, None
-    version = DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
-    df = spark.read.format("delta").option("versionAsOf", version).load(path)
     df = df.drop(*[c for c in df.columns if c in VOLATILE])
     return version, sorted((tuple(_rounded(v) for v in r) for r in df.collect()), key=repr)
 
