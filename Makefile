@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-airflow demo lint test test-all bench clean
+.PHONY: setup setup-airflow demo lint test test-all bench package cluster-up cluster-down clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -42,6 +42,20 @@ bench: setup
 	$(PY) benchmarks/score.py
 	$(PY) benchmarks/evaluate.py
 	$(PY) benchmarks/click_bound.py --sessions-per-user-day 0.6 1.5 3 6 12
+
+## What a cluster needs (README.md, "Running on a cluster"): dist/mtl-<version>.zip for --py-files
+## and the packed environment dist/mtl-env-$(PROFILE).tar.gz for --archives (PROFILE=full|spark).
+PROFILE ?= full
+package: setup
+	bash scripts/package.sh --profile $(PROFILE)
+
+## A Spark standalone cluster on this machine (a master and two 1-core workers on 127.0.0.1) to
+## try the cluster path; state and logs under .cluster/.
+cluster-up: setup
+	$(PY) scripts/standalone_cluster.py up --dir .cluster
+
+cluster-down:
+	$(PY) scripts/standalone_cluster.py down --dir .cluster
 
 clean:
 	rm -rf warehouse spark-warehouse .pytest_cache raw/demo

@@ -30,6 +30,36 @@ def test_cluster_leaves_master_to_spark_submit():
     assert cfg.storage.warehouse.startswith("s3a://")
 
 
+def test_dynamic_allocation_settings_come_from_config():
+    from mtl.spark import dynamic_allocation_settings
+
+    assert dynamic_allocation_settings(load_config(ROOT / "conf" / "local.yaml").spark.dynamic_allocation) == {}
+    cfg = load_config(ROOT / "conf" / "cluster.yaml", ["spark.dynamic_allocation.initial_executors=2"])
+    assert dynamic_allocation_settings(cfg.spark.dynamic_allocation) == {
+        "spark.dynamicAllocation.enabled": "true",
+        "spark.dynamicAllocation.shuffleTracking.enabled": "true",
+        "spark.dynamicAllocation.minExecutors": "1",
+        "spark.dynamicAllocation.maxExecutors": "50",
+        "spark.dynamicAllocation.executorIdleTimeout": "60s",
+        "spark.dynamicAllocation.initialExecutors": "2",
+        "spark.dynamicAllocation.shuffleTracking.timeout": "1800s",
+    }
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("spark.dynamic_allocation.max_executors=0", "spark.dynamic_allocation.max_executors: must be at least 1"),
+        ("spark.dynamic_allocation.initial_executors=99", "initial_executors: must lie between min_executors and max"),
+        ("spark.dynamic_allocation.min_executors=-1", "min_executors: must be at least 0, got -1"),
+        ("spark.dynamic_allocation.executor_idle_timeout_s=0", "executor_idle_timeout_s: must be at least 1"),
+    ],
+)
+def test_dynamic_allocation_bounds_are_checked_on_load(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(ROOT / "conf" / "cluster.yaml", [override])
+
+
 def test_overrides_are_typed():
     cfg = load_config(ROOT / "conf" / "local.yaml", ["spark.shuffle_partitions=8", "ingest.max_quarantine_share=0.05"])
     assert cfg.spark.shuffle_partitions == 8

@@ -80,6 +80,20 @@ def load_job_config(path: str, overrides: list[str]) -> Config:
     return cfg
 
 
+def executor_needs(cfg: Config, *steps: str) -> tuple[str, ...]:
+    """Python modules the executors import in these steps, beyond ``spark.executor_modules``:
+    the model runs in executor tasks when evaluating and scoring, and is trained there with
+    ``training.launcher: spark``."""
+    needs: list[str] = []
+    if "train" in steps and cfg.training.launcher == "spark":
+        needs += ["torch", "horovod", "petastorm"]
+    if "evaluate" in steps or "score" in steps:
+        needs.append("torch")
+    if "score" in steps and cfg.scoring.runtime != "torch":
+        needs.append("onnxruntime")
+    return tuple(dict.fromkeys(needs))
+
+
 def run_job(args: argparse.Namespace, body: Callable[[Config], Optional[str]]) -> int:
     """Load the config and run ``body``; print its summary. Exit code 0 on success, 2 for a
     config error, 1 for any other failure (with the reason on stderr)."""
@@ -94,7 +108,14 @@ def run_job(args: argparse.Namespace, body: Callable[[Config], Optional[str]]) -
     except (JobError, ConfigError) as exc:
         log.error("%s failed: %s", args.prog_name, exc)
         return 1
-    except Exception:
+    except Exception as exc:
+        from mtl.spark import SHIP_HINT, missing_executor_module
+
+        missing = missing_executor_module(exc)
+        if missing:
+            log.debug("%s failed on the executors", args.prog_name, exc_info=True)
+            log.error("%s failed: the executors' Python has no module %r; %s", args.prog_name, missing, SHIP_HINT)
+            return 1
         log.exception("%s failed with an unexpected error", args.prog_name)
         return 1
     if summary:

@@ -6,7 +6,7 @@ import argparse
 import datetime as dt
 from typing import Optional
 
-from mtl.cli.common import job_parser, run_job
+from mtl.cli.common import executor_needs, job_parser, run_job
 from mtl.config import Config
 from mtl.evaluate.job import EvaluationResult, run_evaluate, summarize
 from mtl.pipeline.policy import require_trained_version
@@ -49,6 +49,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     def body(cfg: Config) -> str:
         from mtl.spark import build_spark
 
-        return summarize(evaluate_step(build_spark(cfg.spark), cfg, args.ds, args.model, args.trained_for_ds))
+        return summarize(
+            evaluate_step(
+                build_spark(cfg.spark, executor_needs(cfg, "evaluate")), cfg, args.ds, args.model, args.trained_for_ds
+            )
+        )
 
     return run_job(args, body)

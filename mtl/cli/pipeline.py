@@ -37,7 +37,7 @@ from typing import Optional
 
 from mtl import registry
 from mtl.cli.build_features import build_features_step
-from mtl.cli.common import DEFAULT_CONF, load_job_config, parse_ds, setup_logging
+from mtl.cli.common import DEFAULT_CONF, executor_needs, load_job_config, parse_ds, setup_logging
 from mtl.cli.evaluate import evaluate_step
 from mtl.cli.publish import publish_step
 from mtl.cli.score import score_step
@@ -253,7 +253,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     reports: list[DayReport] = []
     try:
         days = days_to_run(args)
-        spark = build_spark(cfg.spark)
+        spark = build_spark(cfg.spark, executor_needs(cfg, *STEPS))
         for i, ds in enumerate(days):
             log.info("pipeline: ds %s (%d of %d)", ds, i + 1, len(days))
             reports.append(run_day(spark, cfg, ds, args.start_at if i == 0 else STEPS[0], args.retrain))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Optional
 
-from mtl.cli.common import job_parser, run_job
+from mtl.cli.common import executor_needs, job_parser, run_job
 from mtl.config import Config
 from mtl.pipeline.policy import keep_scored_model
 from mtl.score.job import ScoreResult, run_score, summarize
@@ -36,6 +36,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     def body(cfg: Config) -> str:
         from mtl.spark import build_spark
 
-        return summarize(score_step(build_spark(cfg.spark), cfg, args.ds, args.keep_scored_model))
+        return summarize(
+            score_step(build_spark(cfg.spark, executor_needs(cfg, "score")), cfg, args.ds, args.keep_scored_model)
+        )
 
     return run_job(args, body)

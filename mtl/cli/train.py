@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from mtl.cli.common import job_parser, run_job
+from mtl.cli.common import executor_needs, job_parser, run_job
 from mtl.config import Config
 from mtl.errors import InputError
 from mtl.pipeline.policy import AUTO, choose_training, record_reuse
@@ -77,7 +77,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return summarize(result) if result else None
         from mtl.spark import build_spark
 
-        step = train_step(build_spark(cfg.spark), cfg, args.ds, args.mode, args.retrain)
+        step = train_step(build_spark(cfg.spark, executor_needs(cfg, "train")), cfg, args.ds, args.mode, args.retrain)
         if step.result is None:
             return f"{step.reason}; trained nothing (--retrain trains a new version)"
         return summarize(step.result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from mtl.cli.common import job_parser, run_job
+from mtl.cli.common import executor_needs, job_parser, run_job
 from mtl.config import Config
 
 
@@ -32,7 +32,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         check_tune_inputs(cfg, args.space)  # a bad search space fails before Spark starts
         result = run_tune(
-            build_spark(cfg.spark),
+            build_spark(cfg.spark, executor_needs(cfg, "train")),
             cfg,
             args.ds,
             trials=args.trials,

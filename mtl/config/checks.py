@@ -5,7 +5,13 @@ from __future__ import annotations
 import datetime as dt
 
 from mtl.config.loader import ConfigError
-from mtl.config.sections import CANONICAL_EVENT_TYPES, MAPPABLE_FIELDS, REQUIRED_FIELDS, Config
+from mtl.config.sections import (
+    CANONICAL_EVENT_TYPES,
+    MAPPABLE_FIELDS,
+    REQUIRED_FIELDS,
+    Config,
+    DynamicAllocationConfig,
+)
 from mtl.schema import CANDIDATE_SOURCES, INTERACTION_TYPES
 
 
@@ -19,6 +25,7 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"ingest.max_id_length: must be at least 1, got {cfg.ingest.max_id_length}")
     if cfg.spark.shuffle_partitions < 1:
         raise ConfigError("spark.shuffle_partitions: must be at least 1")
+    _check_dynamic_allocation(cfg.spark.dynamic_allocation)
     weekday = cfg.pipeline.full_retrain_weekday
     if weekday is not None and not 0 <= weekday <= 6:
         raise ConfigError("pipeline.full_retrain_weekday: 0 (Monday) to 6 (Sunday), or null")
@@ -241,3 +248,21 @@ def _check_tuning(cfg: Config) -> None:
         raise ConfigError("tuning.space: name a search space under conf/tune/ or a YAML file")
     if not tu.storage_dir:
         raise ConfigError("tuning.storage_dir: must name a folder under the warehouse")
+
+
+def _check_dynamic_allocation(da: DynamicAllocationConfig) -> None:
+    key = "spark.dynamic_allocation"
+    if da.min_executors < 0:
+        raise ConfigError(f"{key}.min_executors: must be at least 0, got {da.min_executors}")
+    if da.max_executors < max(da.min_executors, 1):
+        raise ConfigError(
+            f"{key}.max_executors: must be at least 1 and at least min_executors ({da.min_executors}),"
+            f" got {da.max_executors}"
+        )
+    initial = da.initial_executors
+    if initial is not None and not da.min_executors <= initial <= da.max_executors:
+        raise ConfigError(f"{key}.initial_executors: must lie between min_executors and max_executors, got {initial}")
+    if da.executor_idle_timeout_s < 1:
+        raise ConfigError(f"{key}.executor_idle_timeout_s: must be at least 1")
+    if da.shuffle_tracking_timeout_s is not None and da.shuffle_tracking_timeout_s < 1:
+        raise ConfigError(f"{key}.shuffle_tracking_timeout_s: must be at least 1, or null")

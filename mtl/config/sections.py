@@ -21,6 +21,23 @@ REQUIRED_FIELDS = ("user_id", "item_id", "event_type", "event_ts")
 
 
 @dataclass(frozen=True)
+class DynamicAllocationConfig:
+    """Spark dynamic allocation on a cluster: executors are added while tasks wait and released
+    when idle. Shuffle tracking keeps an executor while it holds shuffle data that a later stage
+    may read, so no external shuffle service is needed (standalone, Kubernetes and YARN alike)."""
+
+    enabled: bool = False
+    min_executors: int = 0
+    max_executors: int = 10
+    # None: start with min_executors.
+    initial_executors: Optional[int] = None
+    executor_idle_timeout_s: int = 60
+    # An executor holding shuffle data is released after this long idle; None: only when the
+    # data is no longer referenced.
+    shuffle_tracking_timeout_s: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class SparkConfig:
     app_name: str = "mtl-recsys"
     # None leaves the master to spark-submit; set it only for the embedded (local) default.
@@ -32,6 +49,12 @@ class SparkConfig:
     # Spark's console progress bars, shown only when stderr is a terminal (never in log files).
     show_progress: bool = True
     log_level: str = "WARN"
+    dynamic_allocation: DynamicAllocationConfig = field(default_factory=DynamicAllocationConfig)
+    # Python modules every executor must import; on a cluster master each job checks them on its
+    # executors before it reads anything (jobs add their own, e.g. torch for scoring), so a
+    # missing package fails with its name instead of a Py4J stack trace deep into the job.
+    executor_modules: list[str] = field(default_factory=lambda: ["mtl", "numpy", "pandas", "pyarrow"])
+    check_executor_modules: bool = True
     extra: dict[str, str] = field(default_factory=dict)
 
 

@@ -1,0 +1,74 @@
+"""The real Spark standalone cluster the cluster tests run on (scripts/standalone_cluster.py), the
+packed environments of `make package`, and spark-submit against them as a user runs it."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_SCRIPT = ROOT / "scripts" / "package.sh"
+
+
+def _load_cluster_module():
+    spec = importlib.util.spec_from_file_location("standalone_cluster", ROOT / "scripts" / "standalone_cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+standalone_cluster = _load_cluster_module()
+StandaloneCluster = standalone_cluster.StandaloneCluster
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """What `make package` builds: the mtl archive for --py-files, a packed env for --archives."""
+
+    mtl_zip: Path
+    env_archive: Path
+
+
+def package(profile: str, out: Path) -> Shipment:
+    done = subprocess.run(
+        ["bash", str(PACKAGE_SCRIPT), "--profile", profile, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (zip_path,) = out.glob("mtl-*.zip")
+    return Shipment(zip_path, Path(done.stdout.strip().splitlines()[-1]))
+
+
+def spark_submit(
+    cluster, shipment: Shipment, script: Path, *args: str, conf: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """spark-submit ``script`` to ``cluster`` in client mode: the driver in this project's
+    environment, the executors in the packed one, mtl shipped with --py-files."""
+    from mtl.spark import delta_package
+
+    settings = {
+        "spark.executor.cores": "1",
+        "spark.executor.memory": "1g",
+        # Relative to the executor's working folder, where --archives unpacks the environment.
+        "spark.pyspark.python": "./environment/bin/python",
+        "spark.pyspark.driver.python": sys.executable,
+        **(conf or {}),
+    }
+    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", cluster.master_url]
+    cmd += ["--packages", delta_package(), "--py-files", str(shipment.mtl_zip)]
+    cmd += ["--archives", f"{shipment.env_archive}#environment"]
+    for key, value in settings.items():
+        cmd += ["--conf", f"{key}={value}"]
+    # No PYSPARK_PYTHON of this process's: the executors' Python is the packed one.
+    env = {k: v for k, v in os.environ.items() if k != "PYSPARK_PYTHON"}
+    env |= {"SPARK_HOME": str(standalone_cluster.spark_home()), "PYSPARK_DRIVER_PYTHON": sys.executable}
+    return subprocess.run(
+        cmd + [str(script), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
