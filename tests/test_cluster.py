@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LOCAL_CONF, ROOT
-from tests.support.cluster import StandaloneCluster, package, spark_submit
+from tests.support.cluster import StandaloneCluster, package, spark_submit, submit_chain
 
 JOBS = ROOT / "jobs"
 # Settings the tests' local sessions use too (tests/conftest.py), as --set for a submitted job.
@@ -154,3 +154,71 @@ def test_a_module_missing_in_executor_code_is_found_in_sparks_error(spark):
     assert missing_executor_module(failed.value) == "mtl_module_nobody_installed"
     assert executor_failure_reason(failed.value) == "ModuleNotFoundError: No module named 'mtl_module_nobody_installed'"
     assert missing_executor_module(ModuleNotFoundError("No module named 'x'")) is None  # the driver's own
+
+
+@pytest.fixture(scope="module")
+def full_env(tmp_path_factory):
+    """The packed environment of every job (torch, horovod, ...; built once, cached in ~/.cache),
+    unpacked once for both workers: 3.4 GB unpacked by each executor of each job would write
+    tens of gigabytes over a chain."""
+    return package("full", tmp_path_factory.mktemp("dist_full")).unpack_once(tmp_path_factory.mktemp("env_full"))
+
+
+def _partition_rows(spark, cfg, spec, ds):
+    from pyspark.sql import functions as F
+
+    from tests.support.tables import read_table
+
+    table = read_table(spark, cfg, spec).where(F.col("ds") == F.lit(ds)).drop("ds")
+    exact = [f.name for f in table.schema.fields if f.dataType.typeName() != "double"]
+    rows = [r.asDict() for r in table.collect()]
+    return sorted(rows, key=lambda r: tuple(str(r[k]) for k in exact)), exact
+
+
+@pytest.mark.slow
+def test_the_daily_chain_by_spark_submit_on_the_cluster_equals_a_local_run(cluster, full_env, spark, tmp_path_factory):
+    """ingest .. monitor for one ds, each step its own spark-submit against the two workers, train
+    with one Horovod rank per executor; the same world and config run by mtl-pipeline on local[2]."""
+    import datetime as dt
+    import shutil
+
+    from mtl import registry
+    from mtl.cli.pipeline import run_day
+    from mtl.config import load_config
+    from mtl.pipeline.steps import STEP_NAMES
+    from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
+    from tests.support.worlds import START, build_world, world_overrides
+
+    ds = START + dt.timedelta(days=8)
+    settings = (
+        "pipeline.full_retrain_weekday=null",
+        "gate.metrics=[{task: click, metric: auc, floor: 0.5}]",
+        "evaluation.baselines=[popularity]",
+        "training.launcher=spark",
+        "training.num_proc=2",
+    )
+    local_root, cluster_root = tmp_path_factory.mktemp("chain_local"), tmp_path_factory.mktemp("chain_cluster")
+    feature_days = [ds - dt.timedelta(days=k) for k in (3, 2, 1)]
+    local = build_world(spark, load_config(LOCAL_CONF, world_overrides(local_root, *settings)), feature_days)
+    for part in ("warehouse", "raw", "tiny_model.yaml"):
+        source = local_root / part
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, cluster_root / part)
+    run_day(spark, local, ds)
+
+    overrides = world_overrides(cluster_root, *settings)
+    steps = submit_chain(cluster, full_env, LOCAL_CONF, overrides, ds.isoformat())
+    assert [s.name for s in steps] == list(STEP_NAMES), f"{steps[-1].name} failed:\n{steps[-1].output[-4000:]}"
+    train = next(s for s in steps if s.name == "train")
+    assert "horovod.spark.run: 2 workers on this job's executors" in train.output
+    on_cluster = load_config(LOCAL_CONF, overrides)
+    assert registry.champion_version(on_cluster) == registry.champion_version(local) == "1"
+
+    for spec in (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS):
+        (a, exact), (b, _) = _partition_rows(spark, local, spec, ds), _partition_rows(spark, on_cluster, spec, ds)
+        assert a and len(a) == len(b), spec.name
+        assert [[r[k] for k in exact] for r in a] == [[r[k] for k in exact] for r in b], spec.name
+        for ra, rb in zip(a, b):
+            for k in set(ra) - set(exact):
+                assert (ra[k] is None) == (rb[k] is None), (spec.name, k)
+                if ra[k] is not None:
+                    assert rb[k] == pytest.approx(ra[k], abs=1e-4), (spec.name, k)

@@ -7,8 +7,10 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_SCRIPT = ROOT / "scripts" / "package.sh"
@@ -28,10 +30,18 @@ StandaloneCluster = standalone_cluster.StandaloneCluster
 
 @dataclass(frozen=True)
 class Shipment:
-    """What `make package` builds: the mtl archive for --py-files, a packed env for --archives."""
+    """What `make package` builds: the mtl archive for --py-files, a packed env for --archives
+    (or, ``unpacked``, that env unpacked once on the nodes, as an image or a node bootstrap
+    provides it: each executor then starts without unpacking gigabytes of torch first)."""
 
     mtl_zip: Path
     env_archive: Path
+    unpacked: Optional[Path] = None
+
+    def unpack_once(self, folder: Path) -> "Shipment":
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["tar", "-xzf", str(self.env_archive), "-C", str(folder)], check=True, timeout=1800)
+        return Shipment(self.mtl_zip, self.env_archive, folder)
 
 
 def package(profile: str, out: Path) -> Shipment:
@@ -57,13 +67,16 @@ def spark_submit(
         "spark.executor.cores": "1",
         "spark.executor.memory": "1g",
         # Relative to the executor's working folder, where --archives unpacks the environment.
-        "spark.pyspark.python": "./environment/bin/python",
+        "spark.pyspark.python": str(shipment.unpacked / "bin" / "python")
+        if shipment.unpacked
+        else "./environment/bin/python",
         "spark.pyspark.driver.python": sys.executable,
         **(conf or {}),
     }
     cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", cluster.master_url]
     cmd += ["--packages", delta_package(), "--py-files", str(shipment.mtl_zip)]
-    cmd += ["--archives", f"{shipment.env_archive}#environment"]
+    if not shipment.unpacked:
+        cmd += ["--archives", f"{shipment.env_archive}#environment"]
     for key, value in settings.items():
         cmd += ["--conf", f"{key}={value}"]
     # No PYSPARK_PYTHON of this process's: the executors' Python is the packed one.
@@ -72,3 +85,30 @@ def spark_submit(
     return subprocess.run(
         cmd + [str(script), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+@dataclass(frozen=True)
+class SubmittedStep:
+    name: str
+    seconds: float
+    returncode: int
+    output: str
+
+
+def submit_chain(cluster, shipment: Shipment, conf: Path, overrides: list[str], ds: str) -> list[SubmittedStep]:
+    """The daily chain for ``ds`` as the DAG runs it: each step of mtl/pipeline/steps.py its own
+    spark-submit, with the step's flags; stops at the first step that fails."""
+    from mtl.pipeline.steps import DS, STEPS, TRAIN_MODE
+
+    done = []
+    for step in STEPS:
+        args = ["--conf", str(conf)]
+        for override in overrides:
+            args += ["--set", override]
+        args += [a.replace(DS, ds).replace(TRAIN_MODE, "auto") for a in step.args]
+        start = time.monotonic()
+        job = spark_submit(cluster, shipment, ROOT / step.script, *args, timeout=step.timeout_minutes * 60)
+        done.append(SubmittedStep(step.name, time.monotonic() - start, job.returncode, job.stdout + job.stderr))
+        if job.returncode != 0:
+            break
+    return done
