@@ -70,3 +70,25 @@ def write_file(tmp_path: Path) -> Callable[[str, str], str]:
         return str(path)
 
     return write
+
+
+@pytest.fixture(scope="module")
+def standalone_cluster(tmp_path_factory):
+    """A real Spark standalone cluster for the module: a master and two one-core workers on
+    127.0.0.1 (scripts/standalone_cluster.py), stopped afterwards with every process it started."""
+    from tests.support.cluster import StandaloneCluster
+
+    running = StandaloneCluster.start(tmp_path_factory.mktemp("cluster"), workers=2, cores=1, memory="1500m")
+    yield running
+    running.stop()
+    assert running.processes() == [], "the cluster left processes behind"
+
+
+@pytest.fixture(scope="module")
+def full_shipment(tmp_path_factory):
+    """`make package`'s full environment (torch, horovod, ...; built once, cached in ~/.cache),
+    unpacked once for both workers as a node image holds it: 3.4 GB unpacked by each executor of
+    each job would write tens of gigabytes over a chain."""
+    from tests.support.cluster import package
+
+    return package("full", tmp_path_factory.mktemp("dist_full")).unpack_once(tmp_path_factory.mktemp("env_full"))

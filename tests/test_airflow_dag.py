@@ -131,7 +131,7 @@ def _require_airflow() -> None:
         )
 
 
-def _airflow_env(home: Path, variable: Optional[dict] = None) -> dict[str, str]:
+def _airflow_env(home: Path, variable: Optional[dict] = None, spark_host: str = "local[2]") -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k not in ("VIRTUAL_ENV", "PYTHONPATH")
     }
@@ -140,7 +140,7 @@ def _airflow_env(home: Path, variable: Optional[dict] = None) -> dict[str, str]:
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW_CONN_SPARK_LOCAL": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+            "AIRFLOW_CONN_SPARK_LOCAL": json.dumps({"conn_type": "spark", "host": spark_host}),
         }
     )
     if variable is not None:
@@ -149,11 +149,11 @@ def _airflow_env(home: Path, variable: Optional[dict] = None) -> dict[str, str]:
 
 
 def _run_airflow(
-    home: Path, args: list[str], variable: Optional[dict] = None, timeout: int = 300
+    home: Path, args: list[str], variable: Optional[dict] = None, timeout: int = 300, spark_host: str = "local[2]"
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(AIRFLOW_PYTHON), *args],
-        env=_airflow_env(home, variable),
+        env=_airflow_env(home, variable, spark_host),
         cwd=home,
         capture_output=True,
         text=True,
@@ -492,12 +492,20 @@ OPEN_GATE = "gate.metrics=[{task: click, metric: auc, floor: 0.0}]"
 SHUT_GATE = "gate.metrics=[{task: click, metric: auc, floor: 0.999}]"
 
 
-def _dag_test(home: Path, settings: dict, ds: dt.date, run_conf: Optional[dict] = None, mark_success: str = "") -> dict:
+def _dag_test(
+    home: Path,
+    settings: dict,
+    ds: dt.date,
+    run_conf: Optional[dict] = None,
+    mark_success: str = "",
+    spark_host: str = "local[2]",
+) -> dict:
     proc = _run_airflow(
         home,
         ["-c", DAG_TEST_SCRIPT, str(DAGS), ds.isoformat(), json.dumps(run_conf or {}), mark_success],
         variable=settings,
         timeout=3600,
+        spark_host=spark_host,
     )
     result = _result(proc)
     assert "tasks" in result, result
@@ -567,3 +575,32 @@ def test_refused_gate_scores_with_the_previous_champion(spark, airflow_home, wor
         assert versions == {"1"}, spec.name  # version 2 was trained and refused
     trained = runs(spark, cfg).where((F.col("job") == "train") & (F.col("ds") == F.lit(D + DAY))).first()
     assert trained.status == "succeeded" and trained.model_version == "2"
+
+
+@pytest.mark.slow
+def test_dag_test_on_a_standalone_cluster(spark, airflow_home, standalone_cluster, full_shipment, tmp_path_factory):
+    """The same DAG with its Spark connection pointed at a two-worker standalone master: every job
+    a spark-submit there, mtl shipped with py_files, the executors in the packed environment,
+    training with one Horovod rank per executor."""
+    root = tmp_path_factory.mktemp("airflow_cluster_world")
+    cfg = build_world(spark, world_config(root, *WORLD, days=16), [D - 2 * DAY, D - DAY, D + DAY])
+    on_executors = ("training.launcher=spark", "training.num_proc=2")
+    settings = _spark_settings(
+        world_overrides(root, *WORLD, OPEN_GATE, *on_executors, days=16),
+        steps={name: {"retries": 0} for name in steps.STEP_NAMES},
+    )
+    settings["spark_submit"]["py_files"] = str(full_shipment.mtl_zip)
+    settings["spark_submit"]["conf"] = {
+        "spark.pyspark.python": str(full_shipment.unpacked / "bin" / "python"),
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.executor.cores": "1",
+        "spark.executor.memory": "1g",
+    }
+    result = _dag_test(airflow_home, settings, D, spark_host=standalone_cluster.master_url)
+    assert result["state"] == "success", result
+    assert {n: result["tasks"][n] for n in JOBS} == {n: "success" for n in JOBS}
+    recs, reps = (_partition(spark, cfg, spec, D) for spec in (DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS))
+    assert recs.count() > 0 and reps.count() > 0
+    # Every job ran as an application of the cluster, not in a local JVM.
+    apps = standalone_cluster.status()["completedapps"]
+    assert len(apps) >= len(JOBS), [a["name"] for a in apps]

@@ -19,11 +19,8 @@ JOB_SETTINGS = ["spark.shuffle_partitions=2", "spark.show_progress=false", "spar
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    running = StandaloneCluster.start(tmp_path_factory.mktemp("cluster"), workers=2, cores=1, memory="1500m")
-    yield running
-    running.stop()
-    assert running.processes() == [], "the cluster left processes behind"
+def cluster(standalone_cluster):
+    return standalone_cluster
 
 
 @pytest.fixture(scope="module")
@@ -156,14 +153,6 @@ def test_a_module_missing_in_executor_code_is_found_in_sparks_error(spark):
     assert missing_executor_module(ModuleNotFoundError("No module named 'x'")) is None  # the driver's own
 
 
-@pytest.fixture(scope="module")
-def full_env(tmp_path_factory):
-    """The packed environment of every job (torch, horovod, ...; built once, cached in ~/.cache),
-    unpacked once for both workers: 3.4 GB unpacked by each executor of each job would write
-    tens of gigabytes over a chain."""
-    return package("full", tmp_path_factory.mktemp("dist_full")).unpack_once(tmp_path_factory.mktemp("env_full"))
-
-
 def _partition_rows(spark, cfg, spec, ds):
     from pyspark.sql import functions as F
 
@@ -176,7 +165,9 @@ def _partition_rows(spark, cfg, spec, ds):
 
 
 @pytest.mark.slow
-def test_the_daily_chain_by_spark_submit_on_the_cluster_equals_a_local_run(cluster, full_env, spark, tmp_path_factory):
+def test_the_daily_chain_by_spark_submit_on_the_cluster_equals_a_local_run(
+    cluster, full_shipment, spark, tmp_path_factory
+):
     """ingest .. monitor for one ds, each step its own spark-submit against the two workers, train
     with one Horovod rank per executor; the same world and config run by mtl-pipeline on local[2]."""
     import datetime as dt
@@ -206,7 +197,7 @@ def test_the_daily_chain_by_spark_submit_on_the_cluster_equals_a_local_run(clust
     run_day(spark, local, ds)
 
     overrides = world_overrides(cluster_root, *settings)
-    steps = submit_chain(cluster, full_env, LOCAL_CONF, overrides, ds.isoformat())
+    steps = submit_chain(cluster, full_shipment, LOCAL_CONF, overrides, ds.isoformat())
     assert [s.name for s in steps] == list(STEP_NAMES), f"{steps[-1].name} failed:\n{steps[-1].output[-4000:]}"
     train = next(s for s in steps if s.name == "train")
     assert "horovod.spark.run: 2 workers on this job's executors" in train.output
