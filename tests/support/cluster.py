@@ -57,26 +57,32 @@ def package(profile: str, out: Path) -> Shipment:
 
 
 def spark_submit(
-    cluster, shipment: Shipment, script: Path, *args: str, conf: dict[str, str] | None = None, timeout: int = 600
+    cluster, shipment: Optional[Shipment], script: Path, *args: str, conf: Optional[dict] = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:
-    """spark-submit ``script`` to ``cluster`` in client mode: the driver in this project's
-    environment, the executors in the packed one, mtl shipped with --py-files."""
+    """spark-submit ``script`` to ``cluster`` (a StandaloneCluster, or a master URL such as
+    local[2]) in client mode: the driver in this project's environment, the executors in the
+    shipment's packed one with mtl shipped by --py-files (no shipment: this environment)."""
     from mtl.spark import delta_package
 
+    master = cluster if isinstance(cluster, str) else cluster.master_url
+    if shipment is None:
+        executor_python = sys.executable
+    elif shipment.unpacked:
+        executor_python = str(shipment.unpacked / "bin" / "python")
+    else:  # relative to the executor's working folder, where --archives unpacks the environment
+        executor_python = "./environment/bin/python"
     settings = {
         "spark.executor.cores": "1",
         "spark.executor.memory": "1g",
-        # Relative to the executor's working folder, where --archives unpacks the environment.
-        "spark.pyspark.python": str(shipment.unpacked / "bin" / "python")
-        if shipment.unpacked
-        else "./environment/bin/python",
+        "spark.pyspark.python": executor_python,
         "spark.pyspark.driver.python": sys.executable,
         **(conf or {}),
     }
-    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", cluster.master_url]
-    cmd += ["--packages", delta_package(), "--py-files", str(shipment.mtl_zip)]
-    if not shipment.unpacked:
-        cmd += ["--archives", f"{shipment.env_archive}#environment"]
+    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", master, "--packages", delta_package()]
+    if shipment is not None:
+        cmd += ["--py-files", str(shipment.mtl_zip)]
+        if not shipment.unpacked:
+            cmd += ["--archives", f"{shipment.env_archive}#environment"]
     for key, value in settings.items():
         cmd += ["--conf", f"{key}={value}"]
     # No PYSPARK_PYTHON of this process's: the executors' Python is the packed one.
@@ -95,7 +101,9 @@ class SubmittedStep:
     output: str
 
 
-def submit_chain(cluster, shipment: Shipment, conf: Path, overrides: list[str], ds: str) -> list[SubmittedStep]:
+def submit_chain(
+    cluster, shipment: Optional[Shipment], conf: Path, overrides: list[str], ds: str
+) -> list[SubmittedStep]:
     """The daily chain for ``ds`` as the DAG runs it: each step of mtl/pipeline/steps.py its own
     spark-submit, with the step's flags; stops at the first step that fails."""
     from mtl.pipeline.steps import DS, STEPS, TRAIN_MODE
