@@ -2,8 +2,10 @@
 training id hashed into.
 
 Int8 is ONNX Runtime's dynamic quantisation: the weights of every dense layer and the embedding
-tables (Gather) are stored as 8-bit integers with a scale and zero point per tensor; activations
-are quantised on the fly per batch, so no calibration data is needed.
+tables (Gather) are stored as 8-bit integers, a dense layer's with a scale and zero point per
+output unit (per channel: one scale for the whole matrix moved the two towers' Recall@20 by
+0.0025 on the tests' world, above the 0.002 tolerance), a table's per tensor; activations are
+quantised on the fly per batch, so no calibration data is needed.
 
 Pruning keeps the rows of the buckets some training id landed in and maps every other bucket to
 the zero padding row: those rows never received a gradient, so they hold their random
@@ -47,7 +49,7 @@ def quantise_int8(float_folder: str | Path, int8_folder: str | Path) -> Path:
             dst / graph.name,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=QUANTISED_OPS,
-            per_channel=False,
+            per_channel=True,
         )
     share_weights(dst)
     shutil.copy(src / SIGNATURE_FILE, dst / SIGNATURE_FILE)
