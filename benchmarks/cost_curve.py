@@ -111,9 +111,14 @@ def main() -> int:
                 "ingest.format=canonical",
                 f"ingest.input={work / 'raw' / 'events'}",
                 "pipeline.full_retrain_weekday=null",
+                # The chain's cost, not its quality: the gate publishes whatever trained, so the
+                # day is scored (a refused first model ends the chain at publish).
+                "gate.metrics=[{task: click, metric: auc, floor: 0.0}]",
                 *args.overrides,
             ],
         )
+        if (ds - start_date).days <= cfg.training.window_days:
+            parser.error(f"--days {args.days}: ds {ds} leaves less than training.window_days of history before it")
         spark = build_spark(cfg.spark)
         if not (work / "raw" / "_GENERATED").exists():
             from mtl.generate.job import run_generate
