@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import shutil
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from mtl.config import load_config  # noqa: E402
 from mtl.spark import build_spark  # noqa: E402
 from tests.conftest import LOCAL_CONF  # noqa: E402
 from tests.support.cluster import StandaloneCluster, package, submit_chain  # noqa: E402
-from tests.support.worlds import START, build_world, world_overrides  # noqa: E402
+from tests.support.worlds import START, build_world, copy_world, world_overrides  # noqa: E402
 
 SETTINGS = (
     "pipeline.full_retrain_weekday=null",
@@ -54,9 +53,7 @@ def main() -> int:
     local = load_config(LOCAL_CONF, world_overrides(local_root, *SETTINGS, **size))
     spark = build_spark(local.spark)
     build_world(spark, local, [ds - dt.timedelta(days=k) for k in (3, 2, 1)])
-    for part in ("warehouse", "raw", "tiny_model.yaml"):
-        source = local_root / part
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, cluster_root / part)
+    copy_world(local_root, cluster_root)
     print(f"world: {size}, ds {ds}; local chain (local[2], one process) ...", flush=True)
     start = time.monotonic()
     report = run_day(spark, local, ds)
@@ -66,9 +63,7 @@ def main() -> int:
     # The same chain of spark-submits on local[2]: what the DAG runs without a cluster, so the
     # cost of a JVM per step is apart from the cost of the cluster.
     submit_root = work / "submit_local"
-    for part in ("warehouse", "raw", "tiny_model.yaml"):
-        source = cluster_root / part
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, submit_root / part)
+    copy_world(cluster_root, submit_root)
     print("the same chain, one spark-submit per step on local[2] ...", flush=True)
     start = time.monotonic()
     submitted = submit_chain("local[2]", None, LOCAL_CONF, world_overrides(submit_root, *SETTINGS, **size), str(ds))

@@ -171,14 +171,13 @@ def test_the_daily_chain_by_spark_submit_on_the_cluster_equals_a_local_run(
     """ingest .. monitor for one ds, each step its own spark-submit against the two workers, train
     with one Horovod rank per executor; the same world and config run by mtl-pipeline on local[2]."""
     import datetime as dt
-    import shutil
 
     from mtl import registry
     from mtl.cli.pipeline import run_day
     from mtl.config import load_config
     from mtl.pipeline.steps import STEP_NAMES
     from mtl.tables import DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
-    from tests.support.worlds import START, build_world, world_overrides
+    from tests.support.worlds import START, build_world, copy_world, world_overrides
 
     ds = START + dt.timedelta(days=8)
     settings = (
@@ -191,9 +190,7 @@ def test_the_daily_chain_by_spark_submit_on_the_cluster_equals_a_local_run(
     local_root, cluster_root = tmp_path_factory.mktemp("chain_local"), tmp_path_factory.mktemp("chain_cluster")
     feature_days = [ds - dt.timedelta(days=k) for k in (3, 2, 1)]
     local = build_world(spark, load_config(LOCAL_CONF, world_overrides(local_root, *settings)), feature_days)
-    for part in ("warehouse", "raw", "tiny_model.yaml"):
-        source = local_root / part
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, cluster_root / part)
+    copy_world(local_root, cluster_root)
     run_day(spark, local, ds)
 
     overrides = world_overrides(cluster_root, *settings)

@@ -97,6 +97,14 @@ def build_world(spark, cfg: Config, feature_days: list[dt.date]) -> Config:
     return cfg
 
 
+def copy_world(source: Path, target: Path) -> None:
+    """A copy of the world built under ``source`` (warehouse, raw events, model YAML) under
+    ``target``, so two runs of the same world write tables of their own."""
+    for part in ("warehouse", "raw", "tiny_model.yaml"):
+        path = source / part
+        (shutil.copytree if path.is_dir() else shutil.copy)(path, target / part)
+
+
 def _build(spark, cfg: Config, feature_days: list[dt.date]) -> None:
     run_generate(spark, cfg)
     run_ingest(spark, cfg)
