@@ -99,6 +99,9 @@ def build_spark(cfg: SparkConfig, executor_needs: tuple[str, ...] = ()) -> Spark
     return spark
 
 
+# How an executor's Python reports a package it could not import, inside a Py4J error's text.
+MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([^']+)'")
+
 SHIP_HINT = (
     "ship them with the job: `make package` builds the packed environment for --archives and the mtl"
     " archive for --py-files (README.md, 'Running on a cluster')"
@@ -110,7 +113,7 @@ def missing_executor_module(exc: BaseException) -> Optional[str]:
     (the driver's own ImportErrors are not this)."""
     if isinstance(exc, ImportError):
         return None
-    found = re.search(r"ModuleNotFoundError: No module named '([^']+)'", str(exc))
+    found = MISSING_MODULE.search(str(exc))
     return found.group(1) if found else None
 
 
@@ -165,7 +168,7 @@ def executor_failure_reason(exc: BaseException) -> str:
     the missing module, the Python that could not start, or the last Python exception line."""
     text = str(exc)
     for pattern in (
-        r"ModuleNotFoundError: No module named '[^']+'",
+        MISSING_MODULE.pattern,
         r"Cannot run program \"[^\"]+\"[^\n]*",
         r"ImportError: [^\n]+",
     ):
