@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from mtl.export.compress import pruned, quantise_int8, used_buckets  # noqa: E402
 from mtl.export.graphs import ITEM_TOWER, RANKING, USER_TOWER, example_inputs, export_graphs, graph_specs  # noqa: E402
 from mtl.export.job import read_export  # noqa: E402
-from mtl.export.runtime import OnnxModel  # noqa: E402
+from mtl.export.runtime import INT8_VARIANTS, OnnxModel  # noqa: E402
 from mtl.models.model import build_model  # noqa: E402
 from mtl.models.model_config import load_model_config  # noqa: E402
 from mtl.schema import model_fields  # noqa: E402
@@ -61,10 +61,10 @@ def variants(model, pruned_model, work: Path) -> dict:
         if source is None:
             continue
         export_graphs(source, work / name, {"model_version": "benchmark"})
-        quantise_int8(work / name, work / f"{name}_int8")
-        for variant in (name, f"{name}_int8"):
+        quantise_int8(work / name, work / INT8_VARIANTS[name])
+        for variant in (name, INT8_VARIANTS[name]):
             exported = read_export(work / variant, variant)
-            out[variant.replace("onnx_pruned_int8", "onnx_int8_pruned")] = (OnnxModel(exported, 1), exported.size_bytes)
+            out[variant] = (OnnxModel(exported, 1), exported.size_bytes)
     return out
 
 
@@ -103,7 +103,7 @@ def production(args, work: Path) -> dict:
     }
     keep = {vocab: b for vocab, b in used_buckets(model, [{k: torch.from_numpy(v) for k, v in ids.items()}]).items()}
     runtimes = variants(model, pruned(model, keep), work)
-    speed = throughput({k: v for k, v in runtimes.items() if "pruned" not in k}, model, args)
+    speed = throughput(runtimes, model, args)
     return {
         "kept_rows": {vocab: int(len(b)) for vocab, b in keep.items()},
         "bytes": {v: size for v, (_, size) in runtimes.items()},

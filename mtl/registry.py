@@ -6,7 +6,8 @@ Artifact: a folder of four files, logged to its MLflow run under ``model/``.
                         so loading an artifact never runs pickled code
     model_config.json   what rebuilds the module before its weights are loaded
     feature_stats.json  vocabularies and statistics the scorer must apply exactly as in training
-    metadata.json       training facts: ds, mode, Delta table versions read, git commit, metrics...
+    metadata.json       training facts: ds, mode, Delta table versions read, git commit, metrics,
+                        the embedding rows its training rows reach (export prunes the others)...
 
 The JSON files are strict JSON: NaN and infinities are written as null.
 

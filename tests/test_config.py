@@ -98,13 +98,26 @@ def test_fingerprint_changes_with_config():
         ("formats.taobao_user_behavior.valid_from=soon", "formats.taobao_user_behavior.valid_from: expected a date"),
         ("spark=3", "spark: expected a section"),
         ("no_equals_sign", "must look like key.path=value"),
-        ("scoring.runtime=tensorrt", "scoring.runtime: must be one of ['torch', 'onnx', 'onnx_int8']"),
+        ("scoring.runtime=tensorrt", "scoring.runtime: must be one of ['torch', 'onnx', 'onnx_int8', 'onnx_pruned'"),
     ],
 )
 def test_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(ROOT / "conf" / "local.yaml", [override])
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("runtime", "off", "message"),
+    [
+        ("onnx_int8", "export.int8=false", "scoring.runtime: onnx_int8 needs export.int8: true"),
+        ("onnx_int8_pruned", "export.int8=false", "scoring.runtime: onnx_int8_pruned needs export.int8: true"),
+        ("onnx_pruned", "export.prune=false", "scoring.runtime: onnx_pruned needs export.prune: true"),
+    ],
+)
+def test_a_runtime_needs_the_export_that_writes_it(runtime, off, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(ROOT / "conf" / "local.yaml", [f"scoring.runtime={runtime}", off])
 
 
 def test_missing_required_mapping_is_named(tmp_path):

@@ -27,16 +27,18 @@ from mtl.errors import JobError
 from mtl.export.job import run_export
 from mtl.features.assemble import model_inputs, user_inputs
 from mtl.features.job import build_features
-from mtl.models.artifacts import load_model, read_feature_stats, register_model
+from mtl.features.transforms import id_hash
+from mtl.models.artifacts import BUCKET_USAGE_KEY, encode_bucket_usage, load_model, read_feature_stats, register_model
 from mtl.models.model import build_model
 from mtl.models.model_config import load_model_config
 from mtl.recommend.lists import read_features
 from mtl.recommend.rank import repurchasable_categories, score_column
 from mtl.recommend.workers import USER_TOWER_COLUMNS, dense_defaults, model_batch, user_batch
-from mtl.schema import CANDIDATE_DENSE, TABLE_CANDIDATE_SOURCES, model_fields
+from mtl.schema import CANDIDATE_DENSE, ROW_KIND_FIELD, ROW_KINDS, TABLE_CANDIDATE_SOURCES, model_fields, row_kind_code
 from mtl.score.job import run_score
 from mtl.score.output_checks import OutputCheckError, check_recommendations, check_repurchase
 from mtl.tables import CANDIDATES, DAILY_RECOMMENDATIONS, REPURCHASE_PREDICTIONS
+from mtl.train.bucket_usage import bucket_usage, collect_bucket_usage
 from tests.conftest import LOCAL_CONF, ROOT, TEST_OVERRIDES
 from tests.support.tables import read_table, runs, write_events
 
@@ -85,9 +87,10 @@ def _config(root: Path, *overrides: str):
     return load_config(LOCAL_CONF, TEST_OVERRIDES + [f"storage.warehouse={root / 'warehouse'}", *SCAN, *overrides])
 
 
-def _publish(spark, cfg, folder: Path, broken_task: str | None = None) -> str:
+def _publish(spark, cfg, folder: Path, broken_task: str | None = None, reached=None) -> str:
     """Register a model of fixed random weights (NaN weights in one task's towers, those of every
-    row kind, if asked)."""
+    row kind, if asked; recording the embedding rows the id hashes of ``reached`` reach as the
+    rows its training reached, if given)."""
     stats = read_feature_stats(spark, cfg, D)
     model_cfg = load_model_config(ROOT / "conf" / "models" / "mmoe.yaml", TINY_MODEL)
     torch.manual_seed(0)
@@ -97,7 +100,12 @@ def _publish(spark, cfg, folder: Path, broken_task: str | None = None) -> str:
             for towers in [model.towers, *model.kind_towers.values()]:
                 for p in towers[broken_task].parameters():
                     p.fill_(float("nan"))
-    return register_model(cfg, model, model_cfg, stats, {"ds": D.isoformat()}, folder=folder)[0]
+    metadata = {"ds": D.isoformat()}
+    if reached is not None:
+        buckets = model_cfg.embedding.buckets
+        used = collect_bucket_usage(bucket_usage(reached, model_fields(), buckets), list(buckets))
+        metadata[BUCKET_USAGE_KEY] = encode_bucket_usage(used, buckets)
+    return register_model(cfg, model, model_cfg, stats, metadata, folder=folder)[0]
 
 
 @pytest.fixture(scope="module")
@@ -490,6 +498,44 @@ def test_the_onnx_runtime_scores_like_plain_pytorch(spark, world, capsys):
     _assert_repurchase_matches_plain_pytorch(spark, cfg, version)
     record = runs(spark, cfg).where("job = 'score'").orderBy("started_at").collect()[-1]
     assert record.status == "succeeded" and '"runtime": "onnx"' in record.details
+
+
+def test_the_pruned_runtime_keeps_the_lists_when_training_reached_every_id(spark, world):
+    """A version whose training reached every id of the world: the pruned graphs drop most rows
+    of the 101-row tables, and score exactly as the torch model does."""
+    root, version = world
+    ids = [(f"u{u}", f"i{i}", CATEGORY[f"i{i}"]) for u in range(1, 7) for i in range(1, 13)]
+    reached = spark.createDataFrame(ids, "user_id string, item_id string, category_id string").select(
+        id_hash(F.col("user_id")).alias("user_hash"),
+        id_hash(F.col("item_id")).alias("item_hash"),
+        id_hash(F.col("category_id")).alias("category_hash"),
+        F.explode(F.array(*[F.lit(row_kind_code(k)) for k in ROW_KINDS])).alias(ROW_KIND_FIELD),
+    )
+    everything = _publish(spark, _config(root), root / "reached_everything", reached=reached)
+    settings = ("scoring.k=4", "scoring.candidates=6", *NO_FILTERS, f"scoring.model_version={everything}")
+    pruned_cfg = _config(root, *settings, "scoring.runtime=onnx_pruned")
+
+    exported = run_export(pruned_cfg, everything)
+    assert set(exported.sizes) == {"onnx", "onnx_int8", "onnx_pruned", "onnx_int8_pruned"}
+    assert exported.max_abs_diff["onnx_pruned"] <= 1e-5  # against the pruned torch model
+    assert exported.pruned_rows["item"] <= 12 and exported.pruned_rows["user"] <= 6
+    assert exported.sizes["onnx_pruned"] < exported.sizes["onnx"]
+    # A version that does not record what its training reached is exported without them.
+    assert set(run_export(pruned_cfg, version).sizes) == {"onnx", "onnx_int8"}
+    unrecorded = _config(root, *settings[:-1], f"scoring.model_version={version}", "scoring.runtime=onnx_pruned")
+    with pytest.raises(JobError, match="has no onnx_pruned export.*trained before"):
+        run_score(spark, unrecorded, D)
+
+    run_score(spark, _config(root, *settings), D)
+    with_torch = _lists(spark, pruned_cfg)
+    run_score(spark, pruned_cfg, D)
+    with_pruned = _lists(spark, pruned_cfg)
+    assert sorted(with_pruned) == sorted(with_torch) == ACTIVE
+    for user, rows in with_torch.items():
+        assert [r.item_id for r in with_pruned[user]] == [r.item_id for r in rows], user
+        for got, expected in zip(with_pruned[user], rows):
+            assert got.p_click == pytest.approx(expected.p_click, abs=1e-5)
+            assert got.p_purchase == pytest.approx(expected.p_purchase, abs=1e-5)
 
 
 @pytest.mark.slow

@@ -5,13 +5,16 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from mtl import registry
 from mtl.data.snapshot import snapshot_files
 from mtl.errors import InputError
-from mtl.models.artifacts import load_model
+from mtl.export.compress import used_buckets
+from mtl.models.artifacts import artifact_bucket_usage, load_model, merge_bucket_usage
 from mtl.run_record import RunRecorder  # noqa: F401  (pipeline_runs rows are checked through helpers)
 from mtl.tables import TRAINING_EXAMPLES
 from mtl.train.job import plan_training, run_train, unknown_labels
@@ -28,6 +31,21 @@ def world(spark, tmp_path_factory):
     return build_world(spark, world_config(root), FEATURE_DAYS)
 
 
+def _reached_by(files: list[str], model) -> dict[str, np.ndarray]:
+    """The buckets the id columns of ``files`` reach, by the model's own hashing (torch)."""
+    names = [f.name for f in model.features.id_fields]
+    table = pq.read_table([f.removeprefix("file:") for f in files], columns=names)
+    columns = {n: table.column(n).combine_chunks().to_numpy(zero_copy_only=False) for n in names}
+    batch = {n: torch.from_numpy(np.stack(values)) for n, values in columns.items()}
+    return {vocab: rows[rows > 0].numpy() for vocab, rows in used_buckets(model, [batch]).items()}
+
+
+def _same_usage(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    assert sorted(actual) == sorted(expected)
+    for vocab in expected:
+        assert actual[vocab].tolist() == sorted(expected[vocab].tolist()), vocab
+
+
 def test_full_training_registers_a_version_and_learns(spark, world):
     result = run_train(spark, world, D, "full")
     assert result.train_days == ((D - dt.timedelta(days=3)).isoformat(), (D - dt.timedelta(days=2)).isoformat())
@@ -40,6 +58,10 @@ def test_full_training_registers_a_version_and_learns(spark, world):
     assert not Path(plan_training(spark, world, D, "full").checkpoint_dir).exists()  # removed once registered
     model = load_model(artifact)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    # The artifact records exactly the embedding rows the training files reach (export prunes the rest).
+    usage = artifact_bucket_usage(artifact)
+    _same_usage(usage, _reached_by(plan_training(spark, world, D, "full").train_files, model))
+    assert 0 < len(usage["user"]) < model.features.tables["user"].num_embeddings
     record = runs(spark, world).where("job = 'train'").orderBy("started_at").collect()[-1]
     assert record.status == "succeeded" and record.model_version == result.model_version
     assert record.tables_read["training_examples"] == result.table_version
@@ -72,6 +94,11 @@ def test_incremental_needs_a_published_model_then_warm_starts(spark, world):
     assert changed, "incremental training must change the weights"
     inc_meta = registry.load_version(world, version=inc.model_version).metadata
     assert inc_meta["warm_start_version"] == full.model_version
+    # It reaches its own day's rows and starts from its parent's.
+    full_artifact = registry.load_version(world, version=full.model_version)
+    day = _reached_by(plan_training(spark, world, D, "incremental").train_files, load_model(full_artifact))
+    inc_usage = artifact_bucket_usage(registry.load_version(world, version=inc.model_version))
+    _same_usage(inc_usage, merge_bucket_usage(artifact_bucket_usage(full_artifact), day))
 
 
 def test_missing_day_is_a_clear_error(spark, world):

@@ -132,8 +132,12 @@ def _check_time_zone(name: str, key: str) -> None:
 
 def _check_scoring(cfg: Config) -> None:
     sc, filters = cfg.scoring, cfg.scoring.filters
-    if sc.runtime == "onnx_int8" and not cfg.export.int8:
-        raise ConfigError("scoring.runtime: onnx_int8 needs export.int8: true (the export writes no int8 graphs)")
+    if "int8" in sc.runtime and not cfg.export.int8:
+        raise ConfigError(f"scoring.runtime: {sc.runtime} needs export.int8: true (the export writes no int8 graphs)")
+    if "pruned" in sc.runtime and not cfg.export.prune:
+        raise ConfigError(
+            f"scoring.runtime: {sc.runtime} needs export.prune: true (the export writes no pruned graphs)"
+        )
     if not 0.0 < cfg.export.parity_tolerance < 1.0:
         raise ConfigError("export.parity_tolerance: must be in (0, 1)")
     for key in ("active_days", "k", "candidates", "item_block_size", "users_per_batch"):

@@ -441,8 +441,9 @@ class ScoringConfig:
     pseudonymize: bool = False
     pseudonym_key_env: str = "MTL_PSEUDONYM_KEY"
     # What runs the model on the executors: the torch model, or the version's ONNX export
-    # (mtl-export) in ONNX Runtime, float or int8; the output tables are the same either way.
-    runtime: Literal["torch", "onnx", "onnx_int8"] = "torch"
+    # (mtl-export) in ONNX Runtime, float or int8, with all embedding rows or only those
+    # training reached (pruned); the output tables have the same schema either way.
+    runtime: Literal["torch", "onnx", "onnx_int8", "onnx_pruned", "onnx_int8_pruned"] = "torch"
 
 
 @dataclass(frozen=True)
@@ -451,6 +452,9 @@ class ExportConfig:
 
     # Also write the int8 variant (dynamic quantisation of the dense layers and embedding tables).
     int8: bool = True
+    # Also write the pruned variants (onnx_pruned, and onnx_int8_pruned with int8): embedding
+    # rows no training row reached map to the zero padding row.
+    prune: bool = True
     # The float graphs must match the torch model within this on every output, or nothing is stored.
     parity_tolerance: float = 1e-5
     # mtl-publish exports the version it has just made the champion.

@@ -18,10 +18,12 @@ from torch import Tensor
 
 from mtl.export.graphs import ITEM_TOWER, RANKING, USER_TOWER
 
-Runtime = Literal["torch", "onnx", "onnx_int8"]
-RUNTIMES: tuple[str, ...] = ("torch", "onnx", "onnx_int8")
+Runtime = Literal["torch", "onnx", "onnx_int8", "onnx_pruned", "onnx_int8_pruned"]
+RUNTIMES: tuple[str, ...] = ("torch", "onnx", "onnx_int8", "onnx_pruned", "onnx_int8_pruned")
 # Where each ONNX runtime's graphs live, under the version's MLflow run.
-EXPORT_PATHS: dict[str, str] = {"onnx": "onnx", "onnx_int8": "onnx_int8"}
+EXPORT_PATHS: dict[str, str] = {r: r for r in RUNTIMES if r != "torch"}
+# The int8 variant of each float one.
+INT8_VARIANTS: dict[str, str] = {"onnx": "onnx_int8", "onnx_pruned": "onnx_int8_pruned"}
 
 
 class ScoringModel(Protocol):

@@ -7,6 +7,7 @@ training, evaluation and scoring cannot disagree on normalisation or architectur
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import tempfile
@@ -14,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -47,6 +49,49 @@ def read_feature_stats(spark: SparkSession, cfg: Config, ds: dt.date) -> dict[st
         "dense_std": [float(rows[c]["log_stddev"] or 0.0) for c in cols],
         "defaults": {c: float(rows[c]["default_value"]) for c in cols},
     }
+
+
+# metadata.json: per vocab, the embedding rows training reached (mtl.train.bucket_usage).
+BUCKET_USAGE_KEY = "bucket_usage"
+
+
+def encode_bucket_usage(used: Mapping[str, np.ndarray], sizes: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+    """vocab -> {"buckets": table rows, "used": how many training reached, "bitmap": one bit per
+    row, base64}: 25 kB per 200k-row table, so it fits in metadata.json."""
+    out = {}
+    for vocab, rows in sorted(used.items()):
+        mask = np.zeros(sizes[vocab], dtype=bool)
+        mask[np.asarray(rows, dtype=np.int64)] = True
+        out[vocab] = {
+            "buckets": int(sizes[vocab]),
+            "used": int(mask.sum()),
+            "bitmap": base64.b64encode(np.packbits(mask).tobytes()).decode("ascii"),
+        }
+    return out
+
+
+def decode_bucket_usage(encoded: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """encode_bucket_usage's inverse: vocab -> the used buckets, sorted."""
+    out = {}
+    for vocab, doc in encoded.items():
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(doc["bitmap"]), dtype=np.uint8))[: doc["buckets"]]
+        out[vocab] = np.flatnonzero(bits).astype(np.int64)
+    return out
+
+
+def merge_bucket_usage(*usages: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The union, vocab by vocab (an incremental run reaches its day's rows and its parent's)."""
+    out: dict[str, np.ndarray] = {}
+    for usage in usages:
+        for vocab, rows in usage.items():
+            out[vocab] = np.union1d(out[vocab], rows) if vocab in out else np.asarray(rows, dtype=np.int64)
+    return out
+
+
+def artifact_bucket_usage(artifact: Artifact) -> Optional[dict[str, np.ndarray]]:
+    """The version's used buckets, or None for a version trained before they were recorded."""
+    encoded = artifact.metadata.get(BUCKET_USAGE_KEY)
+    return decode_bucket_usage(encoded) if encoded else None
 
 
 def save_model(

@@ -36,13 +36,21 @@ from mtl.config import Config, parse_typed
 from mtl.data.loader import ExampleBatches
 from mtl.data.snapshot import Snapshot, snapshot_files
 from mtl.errors import InputError, JobError
-from mtl.models.artifacts import read_feature_stats, register_model
+from mtl.models.artifacts import (
+    BUCKET_USAGE_KEY,
+    artifact_bucket_usage,
+    encode_bucket_usage,
+    merge_bucket_usage,
+    read_feature_stats,
+    register_model,
+)
 from mtl.models.losses import MultiTaskLoss
 from mtl.models.model import build_model
 from mtl.models.model_config import ModelConfig, load_model_config
 from mtl.schema import model_fields, unobserved_labels
 from mtl.seeds import seed_everything
 from mtl.tables import TRAINING_EXAMPLES, warehouse_root
+from mtl.train.bucket_usage import training_bucket_usage
 from mtl.train.distributed import HOROVOD_ENV, allgather_object, broadcast_object, distribute, init_world
 from mtl.train.trainer import CHECKPOINT_NAME, Trainer, build_optimizers
 
@@ -76,6 +84,9 @@ class TrainPlan:
     torch_threads: Optional[int]
     # file -> labels read as unknown there: outcomes not observable as of ds (see unknown_labels)
     unknown_labels: dict[str, list[str]] = field(default_factory=dict)
+    # vocab -> the embedding rows the training rows reach (encode_bucket_usage); empty when
+    # unknown (an incremental run whose parent predates the record)
+    bucket_usage: dict[str, Any] = field(default_factory=dict)
 
 
 def unknown_labels(ds: dt.date, *snapshots: Optional[Snapshot]) -> dict[str, list[str]]:
@@ -130,7 +141,7 @@ def plan_training(spark, cfg: Config, ds: dt.date, mode: str) -> TrainPlan:
     if mode == "full":
         first, last, val_day = ds - cfg.training.window_days * day, ds - 2 * day, ds - day
         model_cfg = load_model_config(cfg.model_config)
-        init_weights, warm_version = None, None
+        init_weights, warm_version, parent = None, None, None
         feature_stats = None  # read once the snapshot shows the days exist
     else:
         first = last = ds - day
@@ -151,10 +162,12 @@ def plan_training(spark, cfg: Config, ds: dt.date, mode: str) -> TrainPlan:
         buffer = io.BytesIO()
         torch.save(artifact.state_dict, buffer)
         init_weights, warm_version = buffer.getvalue(), champion
+        parent = artifact
     train = snapshot_files(spark, path, first, last)
     val = snapshot_files(spark, path, val_day, val_day, version=train.version) if val_day else None
     if feature_stats is None:
         feature_stats = read_feature_stats(spark, cfg, last)
+    bucket_usage = _bucket_usage(spark, train, model_cfg, parent)
     hidden = unknown_labels(ds, train, val)
     for task in model_cfg.tasks:
         if task.weight > 0 and all(task.label in hidden.get(f, ()) for f in train.files):
@@ -194,7 +207,27 @@ def plan_training(spark, cfg: Config, ds: dt.date, mode: str) -> TrainPlan:
         reader_workers=cfg.training.reader_workers,
         torch_threads=cfg.training.torch_threads,
         unknown_labels=hidden,
+        bucket_usage=bucket_usage,
     )
+
+
+def _bucket_usage(
+    spark, train: Snapshot, model_cfg: ModelConfig, parent: Optional[registry.Artifact]
+) -> dict[str, Any]:
+    """The embedding rows this run reaches, encoded; an incremental run adds its parent's (whose
+    rows it starts from), or records none if the parent recorded none."""
+    buckets = model_cfg.embedding.buckets
+    parent_usage = artifact_bucket_usage(parent) if parent is not None else {}
+    if parent_usage is None:
+        log.info("version %s records no embedding rows used, so neither will this run", parent.version)
+        return {}
+    used = merge_bucket_usage(parent_usage, training_bucket_usage(spark, train.files, model_fields(), buckets))
+    encoded = encode_bucket_usage(used, buckets)
+    log.info(
+        "embedding rows the training rows reach: %s",
+        ", ".join(f"{v} {d['used']:,} of {d['buckets']:,}" for v, d in encoded.items()),
+    )
+    return encoded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,6 +417,8 @@ def register(cfg: Config, plan: TrainPlan, chief: WorkerResult) -> tuple[str, st
         "fit": chief.fit,
         # Labels whose outcome windows reach ds were read as unknown (evaluation relies on it).
         "unobserved_labels_masked": True,
+        # mtl-export prunes the embedding rows no training row reached
+        BUCKET_USAGE_KEY: plan.bucket_usage or None,
     }
 
     def log_run(run) -> None:
