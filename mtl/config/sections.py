@@ -412,6 +412,10 @@ class ScoringFiltersConfig:
     max_per_category: Optional[int] = 10
 
 
+# What scoring.runtime may name; mtl.export.runtime maps the ONNX ones to their exports.
+ScoringRuntime = Literal["torch", "onnx", "onnx_int8", "onnx_pruned", "onnx_int8_pruned"]
+
+
 @dataclass(frozen=True)
 class ScoringConfig:
     """The score job: the published model's top-K items per active user, and repurchase predictions."""
@@ -443,7 +447,7 @@ class ScoringConfig:
     # What runs the model on the executors: the torch model, or the version's ONNX export
     # (mtl-export) in ONNX Runtime, float or int8, with all embedding rows or only those
     # training reached (pruned); the output tables have the same schema either way.
-    runtime: Literal["torch", "onnx", "onnx_int8", "onnx_pruned", "onnx_int8_pruned"] = "torch"
+    runtime: ScoringRuntime = "torch"
 
 
 @dataclass(frozen=True)

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol, get_args
 
 import numpy as np
 import onnxruntime as ort
 import torch
 from torch import Tensor
 
+from mtl.config.sections import ScoringRuntime
 from mtl.export.graphs import ITEM_TOWER, RANKING, USER_TOWER
 
-Runtime = Literal["torch", "onnx", "onnx_int8", "onnx_pruned", "onnx_int8_pruned"]
-RUNTIMES: tuple[str, ...] = ("torch", "onnx", "onnx_int8", "onnx_pruned", "onnx_int8_pruned")
 # Where each ONNX runtime's graphs live, under the version's MLflow run.
-EXPORT_PATHS: dict[str, str] = {r: r for r in RUNTIMES if r != "torch"}
+EXPORT_PATHS: dict[str, str] = {r: r for r in get_args(ScoringRuntime) if r != "torch"}
 # The int8 variant of each float one.
 INT8_VARIANTS: dict[str, str] = {"onnx": "onnx_int8", "onnx_pruned": "onnx_int8_pruned"}
 
