@@ -100,7 +100,7 @@ def test_taobao_output_ingests_with_nothing_quarantined(spark, world):
     assert ingested.duplicates == 0
 
 
-def test_canonical_output_ingests_with_nothing_quarantined(spark, tmp_path):
+def test_canonical_and_transactions_outputs_ingest_with_nothing_quarantined(spark, tmp_path):
     cfg = _config(tmp_path, *SMALL, "generator.output_format=canonical", f"generator.output={tmp_path / 'c'}")
     result = run_generate(spark, cfg)
     ingested = run_ingest(spark, cfg, str(tmp_path / "c" / "events"), format_name="canonical")
@@ -114,6 +114,21 @@ def test_canonical_output_ingests_with_nothing_quarantined(spark, tmp_path):
         .collect()
     }
     assert types == {"impression", "click", "fav", "cart", "purchase"}
+
+    # The same world as a purchase-only order log (no category, no other event): exactly its purchases.
+    out = tmp_path / "t"
+    cfg = _config(tmp_path / "t", *SMALL, "generator.output_format=transactions", f"generator.output={out}")
+    orders = run_generate(spark, cfg)
+    raw = spark.read.option("header", "true").csv(str(out / "events"))
+    assert raw.columns == ["customer_id", "product_id", "invoice_ts", "quantity", "unit_price"]
+    canonical = spark.read.option("header", "true").csv(str(tmp_path / "c" / "events"))
+    assert orders.events == raw.count() == canonical.where("event_type = 'purchase'").count() > 0
+    ingested = run_ingest(spark, cfg, str(out / "events"), format_name="transactions")
+    assert (ingested.rows_read, ingested.quarantined) == (orders.events, 0)
+    assert ingested.accepted + ingested.duplicates == orders.events
+    events = spark.read.format("delta").load(str(tmp_path / "t" / "wh" / "events"))
+    assert {r.event_type for r in events.select("event_type").distinct().collect()} == {"purchase"}
+    assert events.where(F.col("category_id").isNotNull()).count() == 0
 
 
 def _within_sampling_error(observed_mean: float, mean_p: float, var_sum: float, n: int) -> bool:

@@ -192,6 +192,42 @@ def test_cross_layers_pass_a_gradient_to_every_field(batch):
         assert table.weight.grad.coalesce().values().abs().sum() > 0, vocab
 
 
+def test_wide_part_adds_a_linear_term_over_the_normalised_dense_inputs(batch):
+    """architecture.wide: each task's logit is its deep tower's plus w_t . x over the normalised
+    dense columns, in every tower (kind towers too), on the training and the traceable path."""
+    batch = dict(batch)
+    candidate = torch.arange(256) % 3 == 0
+    batch["row_kind_code"] = torch.where(candidate, row_kind_code("candidate"), batch["row_kind_code"])
+    cfg = model_config("mmoe", "architecture.wide=true", "architecture.kind_towers=[candidate]")
+    torch.manual_seed(0)
+    model = build_model(cfg, FIELDS, dense_feature_stats(batch["dense"])).eval()
+    towers = [*model.towers.values(), *model.kind_towers["candidate"].values()]
+    assert all(t.wide is not None and not t.wide.weight.any() for t in towers), "the wide part starts at zero"
+    with torch.no_grad():
+        deep = model(batch).logits
+        weights = {}
+        for i, (name, tower) in enumerate(model.named_modules()):
+            if name.endswith(".wide"):
+                weights[name] = torch.linspace(-1.0, 1.0, tower.weight.numel()) * (i + 1)
+                tower.weight.copy_(weights[name].view_as(tower.weight))
+        both = model(batch).logits
+        traced = model.probabilities(batch, traceable=True)
+    x = (torch.log1p(batch["dense"].clamp_min(0)) - model.features.dense_mean) / model.features.dense_std
+    for task in TASKS:
+        for rows, prefix in ((~candidate, "towers"), (candidate, "kind_towers.candidate")):
+            expected = deep[task][rows] + x[rows] @ weights[f"{prefix}.{task}.wide"]
+            assert torch.allclose(both[task][rows], expected, atol=1e-5), (task, prefix)
+        assert torch.allclose(traced[task], torch.sigmoid(both[task]), atol=1e-6), task
+
+    model.train()
+    MultiTaskLoss(cfg)(model(batch), batch).total.backward()
+    assert all(t.wide.weight.grad.abs().sum() > 0 for t in towers), "every wide part learns"
+
+    no_dense = [f for f in FIELDS if f.kind != "dense"]
+    with pytest.raises(ConfigError, match="architecture.wide: the schema has no dense field"):
+        build_model(cfg, no_dense, None)
+
+
 def test_retrieval_loss_alone_trains_the_ranking_tables(batch):
     """The two towers read the very tables the ranking part reads, not copies of them."""
     cfg = model_config()

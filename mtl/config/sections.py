@@ -135,7 +135,9 @@ class GeneratorConfig:
     repurchase_prob_durable: float = 0.02
     repurchase_same_item: float = 0.8
     repurchase_horizon_days: int = 7
-    output_format: Literal["canonical", "taobao_user_behavior"] = "taobao_user_behavior"
+    # canonical (every event, impressions included), taobao_user_behavior (no impressions) or
+    # transactions (purchases only, no category: a retailer's order history)
+    output_format: Literal["canonical", "taobao_user_behavior", "transactions"] = "taobao_user_behavior"
     # where the raw log, side tables and ground truth are written
     output: str = "raw/synthetic"
     users_per_block: int = 500

@@ -164,6 +164,15 @@ def format_log(events: DataFrame, output_format: str) -> DataFrame:
             behaviour[F.col("event_type")].alias("behavior"),
             F.col("event_ts").alias("ts"),
         )
+    if output_format == "transactions":
+        # A retailer's order history: purchases only, no category, no impressions.
+        return events.filter(F.col("event_type") == "purchase").select(
+            F.col("user_id").alias("customer_id"),
+            F.col("item_id").alias("product_id"),
+            F.date_format(F.timestamp_seconds("event_ts"), "yyyy-MM-dd HH:mm:ss").alias("invoice_ts"),
+            "quantity",
+            F.col("price").alias("unit_price"),
+        )
     return events.select(
         "user_id",
         "item_id",

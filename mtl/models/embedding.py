@@ -90,6 +90,14 @@ class FeatureEmbedding(nn.Module):
     def sparse_parameters(self) -> list[nn.Parameter]:
         return [t.weight for t in self.tables.values()]
 
+    @property
+    def dense_width(self) -> int:
+        return int(self.dense_mean.numel())
+
+    def dense_inputs(self, batch: Batch) -> Tensor:
+        """[B, dense_width]: every dense column, normalised, in schema order."""
+        return normalise_dense(batch[DENSE_KEY], self.dense_mean, self.dense_std)
+
     def forward(self, batch: Batch, sides: Sequence[Side] = SIDES) -> dict[Side, Tensor]:
         """Side -> [B, widths[side]]. Only the fields of ``sides`` are read from the batch."""
         vectors = self._embed_ids(batch, set(sides))

@@ -24,15 +24,27 @@ class MLP(nn.Sequential):
 
 
 class Tower(nn.Module):
-    """A task's own MLP and its logit."""
+    """A task's own MLP and its logit, plus, with ``wide_dim``, a linear term over the wide inputs
+    (Wide & Deep): a logistic regression on the dense features inside the head, which the deep
+    part has to learn through the experts otherwise."""
 
-    def __init__(self, in_dim: int, units: Sequence[int], dropout: float = 0.0) -> None:
+    def __init__(self, in_dim: int, units: Sequence[int], dropout: float = 0.0, wide_dim: int = 0) -> None:
         super().__init__()
         self.mlp = MLP(in_dim, units, dropout)
         self.out = nn.Linear(self.mlp.out_dim, 1)
+        self.wide: nn.Linear | None = None
+        if wide_dim:
+            # Starts at zero: the head begins as the deep tower alone.
+            self.wide = nn.Linear(wide_dim, 1, bias=False)
+            nn.init.zeros_(self.wide.weight)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.mlp(x)).squeeze(-1)
+    def forward(self, x: Tensor, wide: Tensor | None = None) -> Tensor:
+        logit = self.out(self.mlp(x)).squeeze(-1)
+        if self.wide is None:
+            return logit
+        if wide is None:
+            raise ValueError("this tower has a wide part: pass its wide inputs")
+        return logit + self.wide(wide).squeeze(-1)
 
 
 class ExpertMLPs(nn.Module):

@@ -50,6 +50,8 @@ class MultiTaskRecModel(nn.Module):
         widths = self.features.widths
         self.input_sides = tuple(s for s in SIDES if widths[s])
         in_dim = sum(widths.values())
+        if arch.wide and not self.features.dense_width:
+            raise ConfigError("architecture.wide: the schema has no dense field for the wide part to read")
         self.interaction = CrossNetwork(in_dim, arch.cross_layers) if arch.interaction == "cross" else None
         self.backbone = build_backbone(arch, in_dim, len(self.tasks))
         self.towers = self._towers()
@@ -134,7 +136,11 @@ class MultiTaskRecModel(nn.Module):
         if self.interaction is not None:
             x = self.interaction(x)
         hidden = dict(zip(self.tasks, self.backbone(x)))
-        logits = self._selected_tower_logits(hidden, batch) if traceable else self._tower_logits(hidden, batch)
+        wide = self.features.dense_inputs(batch) if self.cfg.architecture.wide else None
+        if traceable:
+            logits = self._selected_tower_logits(hidden, wide, batch)
+        else:
+            logits = self._tower_logits(hidden, wide, batch)
         if self.esmm_tasks is None:
             return ModelOutput(logits)
         ctr, ctcvr = self.esmm_tasks
@@ -142,11 +148,11 @@ class MultiTaskRecModel(nn.Module):
         logits[ctcvr] = ctcvr_logit(logits[ctr], cvr)
         return ModelOutput(logits, cvr_logit=cvr)
 
-    def _tower_logits(self, hidden: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        """Each task's tower over its backbone output; rows of a kind in ``kind_towers`` go
-        through that kind's towers instead, and each row through one tower only."""
+    def _tower_logits(self, hidden: dict[str, Tensor], wide: Tensor | None, batch: Batch) -> dict[str, Tensor]:
+        """Each task's tower over its backbone output (and the wide inputs); rows of a kind in
+        ``kind_towers`` go through that kind's towers instead, and each row through one tower only."""
         if not self.kind_towers:
-            return {t: self.towers[t](h) for t, h in hidden.items()}
+            return {t: self.towers[t](h, wide) for t, h in hidden.items()}
         codes = batch[ROW_KIND_FIELD]
         groups = [(codes == self.kind_codes[kind], towers) for kind, towers in self.kind_towers.items()]
         shared = ~torch.stack([rows for rows, _ in groups]).any(dim=0)
@@ -155,26 +161,31 @@ class MultiTaskRecModel(nn.Module):
         for task, h in hidden.items():
             out = h.new_zeros(h.shape[0])
             for rows, towers in groups:
-                out = out.index_put((rows,), towers[task](h[rows]))
+                out = out.index_put((rows,), towers[task](h[rows], None if wide is None else wide[rows]))
             logits[task] = out
         return logits
 
-    def _selected_tower_logits(self, hidden: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+    def _selected_tower_logits(
+        self, hidden: dict[str, Tensor], wide: Tensor | None, batch: Batch
+    ) -> dict[str, Tensor]:
         """_tower_logits without data-dependent control flow: every tower runs on every row and
         each row keeps the output of its kind's tower (kinds are disjoint, so the order of the
         selections does not matter)."""
-        logits = {t: self.towers[t](h) for t, h in hidden.items()}
+        logits = {t: self.towers[t](h, wide) for t, h in hidden.items()}
         if not self.kind_towers:
             return logits
         codes = batch[ROW_KIND_FIELD]
         for kind, towers in self.kind_towers.items():
             rows = codes == self.kind_codes[kind]
-            logits = {t: torch.where(rows, towers[t](h), logits[t]) for t, h in hidden.items()}
+            logits = {t: torch.where(rows, towers[t](h, wide), logits[t]) for t, h in hidden.items()}
         return logits
 
     def _towers(self) -> nn.ModuleDict:
         arch = self.cfg.architecture
-        return nn.ModuleDict({t: Tower(self.backbone.out_dim, arch.tower_units, arch.dropout) for t in self.tasks})
+        wide_dim = self.features.dense_width if arch.wide else 0
+        return nn.ModuleDict(
+            {t: Tower(self.backbone.out_dim, arch.tower_units, arch.dropout, wide_dim) for t in self.tasks}
+        )
 
     def _retrieval_head(self) -> TwoTower:
         if self.retrieval is None:

@@ -62,6 +62,8 @@ class ArchitectureConfig:
     # concatenated field embeddings and dense inputs (mtl.models.layers.CrossNetwork).
     interaction: Literal["none", "cross"] = "none"
     cross_layers: int = 2
+    # Wide & Deep: each task tower adds a linear term over the normalised dense inputs to its logit.
+    wide: bool = False
 
     @property
     def backbone(self) -> Backbone:
