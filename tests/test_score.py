@@ -32,7 +32,7 @@ from mtl.models.artifacts import BUCKET_USAGE_KEY, encode_bucket_usage, load_mod
 from mtl.models.model import build_model
 from mtl.models.model_config import load_model_config
 from mtl.recommend.lists import read_features
-from mtl.recommend.rank import repurchasable_categories, score_column
+from mtl.recommend.rank import drop_recent_purchases, repurchasable, score_column
 from mtl.recommend.workers import USER_TOWER_COLUMNS, dense_defaults, model_batch, user_batch
 from mtl.schema import CANDIDATE_DENSE, ROW_KIND_FIELD, ROW_KINDS, TABLE_CANDIDATE_SOURCES, model_fields, row_kind_code
 from mtl.score.job import run_score
@@ -338,8 +338,7 @@ def test_filters_availability_recent_purchases_and_category_cap(spark, world, tm
     _assert_matches(actual, _reference(spark, cfg, catalogue, m=10, k=10, drop={("u1", "i1")}, cap=3))
 
 
-def test_repurchasable_categories_by_rate(spark, world):
-    root, _ = world
+def test_repurchasable_categories_and_category_less_items_by_rate(spark):
     cats = spark.createDataFrame(
         [
             ("a", "x", 2.0),
@@ -352,9 +351,31 @@ def test_repurchasable_categories_by_rate(spark, world):
         ],
         "user_id string, category_id string, uc_purchase_days double",
     )
+    pairs = spark.createDataFrame(
+        [("a", "i1", 2.0), ("b", "i1", 2.0), ("a", "i2", 1.0), ("b", "i2", 1.0), ("a", "i3", 3.0)],
+        "user_id string, item_id string, ui_purchase_days double",
+    )
     rule = ScoringFiltersConfig(repurchasable_categories=["w"], repurchasable_min_rate=0.5, repurchasable_min_buyers=2)
-    # x: 2 of 3 buyers rebought; y: 0 of 2; z: 1 buyer, below the minimum
-    assert sorted(r.category_id for r in repurchasable_categories(spark, cats, rule).collect()) == ["w", "x"]
+    rebuy = repurchasable(spark, cats, pairs, rule)
+    # x: 2 of 3 buyers rebought; y: 0 of 2; z: 1 buyer, below the minimum. Items by the same rule.
+    assert sorted(r.category_id for r in rebuy.categories.collect()) == ["w", "x"]
+    assert sorted(r.item_id for r in rebuy.items.collect()) == ["i1"]
+
+    # Bought 3 days ago: dropped unless the category is rebought, or, without a category, the item.
+    rows = spark.createDataFrame(
+        [
+            ("u", "i1", None, 3.0),  # no category, item rebought: kept
+            ("u", "i2", None, 3.0),  # no category, item not rebought: dropped
+            ("u", "i1", "y", 3.0),  # a category that is not rebought decides, not the item: dropped
+            ("u", "i4", "x", 3.0),  # category rebought: kept
+            ("u", "i5", None, 45.0),  # bought long ago: kept
+        ],
+        "user_id string, item_id string, category_id string, ui_days_since_last_purchase double",
+    )
+    kept = drop_recent_purchases(rows, rebuy, days=30).collect()
+    assert sorted((r.item_id, r.category_id) for r in kept) == [("i1", None), ("i4", "x"), ("i5", None)]
+    off = repurchasable(spark, cats, pairs, ScoringFiltersConfig(repurchasable_min_rate=None))
+    assert [r.item_id for r in drop_recent_purchases(rows, off, days=30).collect()] == ["i5"]
 
 
 def test_score_formula(spark, make_config):

@@ -406,7 +406,8 @@ class ScoringFiltersConfig:
     recent_purchase_days: int = 30
     # ...unless their category is repurchasable: listed here, or one where at least
     # repurchasable_min_rate of the category's buyers (at least repurchasable_min_buyers of them)
-    # bought it on two or more days in the history window (None: the list only).
+    # bought it on two or more days in the history window (None: the list only). An item without
+    # a category is judged by the same rule over its own buyers.
     repurchasable_categories: list[str] = field(default_factory=list)
     repurchasable_min_rate: Optional[float] = 0.3
     repurchasable_min_buyers: int = 10

@@ -165,9 +165,7 @@ class MultiTaskRecModel(nn.Module):
             logits[task] = out
         return logits
 
-    def _selected_tower_logits(
-        self, hidden: dict[str, Tensor], wide: Tensor | None, batch: Batch
-    ) -> dict[str, Tensor]:
+    def _selected_tower_logits(self, hidden: dict[str, Tensor], wide: Tensor | None, batch: Batch) -> dict[str, Tensor]:
         """_tower_logits without data-dependent control flow: every tower runs on every row and
         each row keeps the output of its kind's tower (kinds are disjoint, so the order of the
         selections does not matter)."""

@@ -243,8 +243,8 @@ def model_list(ctx: ListContext, pool: DataFrame) -> DataFrame:
         f.user_items,
         ctx.defaults,
     )
-    repurchasable = rank.repurchasable_categories(ctx.spark, f.user_cats, sc.filters)
-    inputs = rank.drop_recent_purchases(inputs, repurchasable, sc.filters.recent_purchase_days)
+    rebuy = rank.repurchasable(ctx.spark, f.user_cats, f.user_items, sc.filters)
+    inputs = rank.drop_recent_purchases(inputs, rebuy, sc.filters.recent_purchase_days)
     scored = predict(ctx, inputs, ("user_id", "item_id", "category_id", "i_price"), RECOMMENDATION_TASKS)
     return rank.top_k(scored.withColumn("score", rank.score_column(sc)), sc.k, sc.filters.max_per_category)
 
@@ -263,8 +263,8 @@ def finish(ctx: ListContext, scored: DataFrame) -> DataFrame:
             F.coalesce(F.col("ui_days_since_last_purchase"), F.lit(float(ctx.cfg.features.history_days))),
         )
     )
-    repurchasable = rank.repurchasable_categories(ctx.spark, f.user_cats, sc.filters)
-    rows = rank.drop_recent_purchases(rows, repurchasable, sc.filters.recent_purchase_days)
+    rebuy = rank.repurchasable(ctx.spark, f.user_cats, f.user_items, sc.filters)
+    rows = rank.drop_recent_purchases(rows, rebuy, sc.filters.recent_purchase_days)
     return rank.top_k(rows, sc.k, sc.filters.max_per_category).select(*LIST_COLUMNS)
 
 

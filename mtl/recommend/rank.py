@@ -4,6 +4,7 @@ recent-purchase filter, the per-category cap and the top K."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -43,37 +44,64 @@ def catalogue(spark: SparkSession, items: DataFrame, cfg: ScoringItemsConfig, ds
     return table.where(F.col("item_id").isNotNull()).groupBy("item_id").agg(F.max("category_id").alias("category_id"))
 
 
-def repurchasable_categories(spark: SparkSession, user_cats: DataFrame, cfg: ScoringFiltersConfig) -> DataFrame:
-    """(category_id) of the categories people rebuy: listed in config, or where at least
-    ``repurchasable_min_rate`` of the category's buyers (at least ``repurchasable_min_buyers``)
-    bought on two or more days in the history window."""
-    listed = spark.createDataFrame([(c,) for c in cfg.repurchasable_categories], "category_id string")
-    if cfg.repurchasable_min_rate is None:
-        return listed
-    measured = (
-        user_cats.where(F.col("uc_purchase_days") >= 1)
-        .groupBy("category_id")
-        .agg(F.count(F.lit(1)).alias("buyers"), F.sum((F.col("uc_purchase_days") >= 2).cast("long")).alias("repeat"))
+@dataclass(frozen=True)
+class Repurchasable:
+    """What people rebuy: ``categories`` (category_id) for items with a category, ``items``
+    (item_id) for items without one, each of which is a group of its own (as for the cap)."""
+
+    categories: DataFrame
+    items: DataFrame
+
+
+def _rebought(pairs: DataFrame, key: str, days: str, cfg: ScoringFiltersConfig) -> DataFrame:
+    """(key) where at least ``repurchasable_min_rate`` of the buyers (at least
+    ``repurchasable_min_buyers``) bought on two or more days."""
+    return (
+        pairs.where(F.col(days) >= 1)
+        .groupBy(key)
+        .agg(F.count(F.lit(1)).alias("buyers"), F.sum((F.col(days) >= 2).cast("long")).alias("repeat"))
         .where(
             (F.col("buyers") >= cfg.repurchasable_min_buyers)
             & (F.col("repeat") >= F.lit(cfg.repurchasable_min_rate) * F.col("buyers"))
         )
-        .select("category_id")
+        .select(key)
     )
-    return listed.unionByName(measured).distinct()
 
 
-def drop_recent_purchases(rows: DataFrame, repurchasable: DataFrame, days: int) -> DataFrame:
+def repurchasable(
+    spark: SparkSession, user_cats: DataFrame, user_items: DataFrame, cfg: ScoringFiltersConfig
+) -> Repurchasable:
+    """The categories listed in config or measured over (user, category) purchase days, and the
+    items measured over (user, item) purchase days, by the same rule. The item rule matters on
+    logs without categories (a retailer's order history), where the category rule finds nothing
+    and every item bought in the window would be dropped, repeat purchases included."""
+    listed = spark.createDataFrame([(c,) for c in cfg.repurchasable_categories], "category_id string")
+    if cfg.repurchasable_min_rate is None:
+        return Repurchasable(listed, spark.createDataFrame([], "item_id string"))
+    categories = listed.unionByName(_rebought(user_cats, "category_id", "uc_purchase_days", cfg)).distinct()
+    return Repurchasable(categories, _rebought(user_items, "item_id", "ui_purchase_days", cfg))
+
+
+def drop_recent_purchases(rows: DataFrame, rebuy: Repurchasable, days: int) -> DataFrame:
     """Rows of model_inputs without the items the user bought in the ``days`` before ds, unless
-    the item's category is repurchasable. ``ui_days_since_last_purchase`` is the history cap
-    for a pair never bought, and the cap exceeds ``days`` (config check)."""
+    the item's category is repurchasable, or, for an item without a category, the item itself.
+    ``ui_days_since_last_purchase`` is the history cap for a pair never bought, and the cap
+    exceeds ``days`` (config check)."""
     if days == 0:
         return rows
-    flags = F.broadcast(repurchasable.select("category_id", F.lit(True).alias("_repurchasable")))
+    categories = F.broadcast(rebuy.categories.select("category_id", F.lit(True).alias("_category_rebought")))
+    # Item-sized: a plain join, not a broadcast.
+    items = rebuy.items.select("item_id", F.lit(True).alias("_item_rebought"))
+    kept = (
+        (F.col("ui_days_since_last_purchase") > days)
+        | F.coalesce(F.col("_category_rebought"), F.lit(False))
+        | (F.col("category_id").isNull() & F.coalesce(F.col("_item_rebought"), F.lit(False)))
+    )
     return (
-        rows.join(flags, "category_id", "left")
-        .where((F.col("ui_days_since_last_purchase") > days) | F.coalesce(F.col("_repurchasable"), F.lit(False)))
-        .drop("_repurchasable")
+        rows.join(categories, "category_id", "left")
+        .join(items, "item_id", "left")
+        .where(kept)
+        .drop("_category_rebought", "_item_rebought")
     )
 
 
