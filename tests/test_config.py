@@ -166,7 +166,7 @@ def test_a_config_in_another_folder_finds_the_model_config_the_project_names(tmp
     own.write_text(f"extends: {ROOT / 'conf' / 'local.yaml'}\nstorage: {{warehouse: {tmp_path / 'wh'}}}\n")
     monkeypatch.chdir(tmp_path)  # not the project folder
     cfg = load_config(own)
-    assert cfg.model_config == str(ROOT / "conf" / "models" / "mmoe.yaml")
+    assert cfg.model_config == str(ROOT / "conf" / "models" / "esmm.yaml")
     from mtl.cli.common import load_job_config
 
     assert load_job_config(str(own), []).model_config == cfg.model_config

@@ -542,7 +542,7 @@ class Config:
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     # The model's own YAML (architecture, embeddings, optimiser, trainer): in a file, relative to
     # that file's folder; in --set, to the working folder.
-    model_config: str = "conf/models/mmoe.yaml"
+    model_config: str = "conf/models/esmm.yaml"
 
     def format_config(self, name: Optional[str] = None) -> FormatConfig:
         name = name or self.ingest.format
