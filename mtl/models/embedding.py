@@ -103,7 +103,7 @@ class FeatureEmbedding(nn.Module):
         vectors = self._embed_ids(batch, set(sides))
         dense = None
         if any(len(self._dense_index(s)) for s in sides):
-            dense = normalise_dense(batch[DENSE_KEY], self.dense_mean, self.dense_std)
+            dense = self.dense_inputs(batch)
         out: dict[Side, Tensor] = {}
         for side in sides:
             parts = [vectors[name] for name in self.side_fields[side]]

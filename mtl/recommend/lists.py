@@ -231,6 +231,13 @@ def candidate_pool(ctx: ListContext, catalogue: Broadcast, users: DataFrame, sca
     return pool.select("user_id", "item_id", "day_category_id", sources.alias("sources"), *SOURCE_COLUMNS)
 
 
+def drop_recent_purchases(ctx: ListContext, rows: DataFrame) -> DataFrame:
+    """The recent-purchase filter as every list of ds applies it (the model's and each baseline's)."""
+    f, filters = ctx.features, ctx.cfg.scoring.filters
+    rebuy = rank.repurchasable(ctx.spark, f.user_cats, f.user_items, filters)
+    return rank.drop_recent_purchases(rows, rebuy, filters.recent_purchase_days)
+
+
 def model_list(ctx: ListContext, pool: DataFrame) -> DataFrame:
     """The top K per user: the pool ranked by the multi-task heads, after the filters, with
     p_click and p_purchase."""
@@ -243,8 +250,7 @@ def model_list(ctx: ListContext, pool: DataFrame) -> DataFrame:
         f.user_items,
         ctx.defaults,
     )
-    rebuy = rank.repurchasable(ctx.spark, f.user_cats, f.user_items, sc.filters)
-    inputs = rank.drop_recent_purchases(inputs, rebuy, sc.filters.recent_purchase_days)
+    inputs = drop_recent_purchases(ctx, inputs)
     scored = predict(ctx, inputs, ("user_id", "item_id", "category_id", "i_price"), RECOMMENDATION_TASKS)
     return rank.top_k(scored.withColumn("score", rank.score_column(sc)), sc.k, sc.filters.max_per_category)
 
@@ -263,8 +269,7 @@ def finish(ctx: ListContext, scored: DataFrame) -> DataFrame:
             F.coalesce(F.col("ui_days_since_last_purchase"), F.lit(float(ctx.cfg.features.history_days))),
         )
     )
-    rebuy = rank.repurchasable(ctx.spark, f.user_cats, f.user_items, sc.filters)
-    rows = rank.drop_recent_purchases(rows, rebuy, sc.filters.recent_purchase_days)
+    rows = drop_recent_purchases(ctx, rows)
     return rank.top_k(rows, sc.k, sc.filters.max_per_category).select(*LIST_COLUMNS)
 
 
