@@ -25,9 +25,11 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-## The test suite CI runs: lint, then everything but tests marked slow.
+## The test suite CI runs: lint, then everything but tests marked slow, on TEST_WORKERS processes
+## (pytest-xdist; each test module stays on one worker, the longest modules start first).
+TEST_WORKERS ?= 2
 test: setup setup-airflow lint
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" $(PYTEST_ARGS)
 
 test-all: setup setup-airflow lint
 	$(PY) -m pytest $(PYTEST_ARGS)

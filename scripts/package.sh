@@ -57,7 +57,7 @@ trap 'rm -f "$reqs"' EXIT
 if [ "$PROFILE" = spark ]; then
   grep -Ei '^(numpy|pandas|pyarrow|pyyaml)==' "$VENV/pins.txt" > "$reqs"
 else
-  grep -Evi '^(pyspark|delta-spark|pytest|ruff|psutil|scikit-learn|venv-pack)==' "$VENV/pins.txt" > "$reqs"
+  grep -Evi '^(pyspark|delta-spark|pytest|pytest-xdist|execnet|ruff|psutil|scikit-learn|venv-pack)==' "$VENV/pins.txt" > "$reqs"
   horovod=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("horovod"))')
   wheel=$(ls "$CACHE"/wheels/horovod-*/horovod-"$horovod"-*.whl 2>/dev/null | head -1 || true)
   [ -n "$wheel" ] || die "no cached Horovod $horovod wheel under $CACHE/wheels: run \`make setup\`"

@@ -10,7 +10,9 @@ logs, so a copied table is the same table.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import shutil
@@ -88,13 +90,25 @@ def build_world(spark, cfg: Config, feature_days: list[dt.date]) -> Config:
         _build(spark, cfg, feature_days)
         return cfg
     cached = _cache_root / _flavour(cfg, root, feature_days)
-    if not (cached / "warehouse" / _READY).exists():
-        shutil.rmtree(cached, ignore_errors=True)
-        cached.mkdir(parents=True)
-        _build(spark, _moved(cfg, root, cached), feature_days)
+    with _locked(cached.with_suffix(".lock")):
+        if not (cached / "warehouse" / _READY).exists():
+            shutil.rmtree(cached, ignore_errors=True)
+            cached.mkdir(parents=True)
+            _build(spark, _moved(cfg, root, cached), feature_days)
     for part in ("warehouse", "raw"):
         shutil.copytree(cached / part, root / part, dirs_exist_ok=True)
     return cfg
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` for the block: parallel test workers build a flavour once."""
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def copy_world(source: Path, target: Path) -> None:
