@@ -31,7 +31,7 @@ TEST_OVERRIDES = [
     "spark.delta_snapshot_partitions=1",
     "spark.extra.spark.databricks.delta.writeChecksumFile.enabled='false'",
     # Adaptive execution runs each shuffle stage as a job of its own and plans again after it: on
-    # these tables that doubles the jobs of a build_features run and costs about 15% of its time.
+    # these tables that doubles the jobs of a build_features day and costs about a fifth of its time.
     "spark.extra.spark.sql.adaptive.enabled='false'",
 ]
 

@@ -2,9 +2,9 @@
 downstream (train, evaluate, score, the pipeline and the DAG).
 
 Each flavour of world (its size, the data-shaping overrides and the feature days) is built once
-per test run in a cache folder (shared by parallel workers) and copied into every module's own root, so a module reads
-and writes its own warehouse (its own MLflow store, pipeline_runs, checkpoints) while the
-generate-ingest-featurise work is done once. Delta tables keep relative file paths in their
+per test run in a cache folder (shared by parallel workers) and copied into every module's own
+root, so a module reads and writes its own warehouse (its own MLflow store, pipeline_runs,
+checkpoints) while the generate-ingest-featurise work is done once. Delta tables keep relative file paths in their
 logs, so a copied table is the same table.
 """
 
